@@ -1,0 +1,99 @@
+"""Drift scenarios: the same code shifts training data and live traffic.
+
+Each scenario takes a frame in the loan schema and a ``severity`` (0 = no change,
+1 = the stated full effect) and returns a changed copy. What each one claims:
+
+- ``covariate_shift``: ``credit_score`` mean falls and ``debt_to_income`` mean rises,
+  each by ``severity`` x its reference standard deviation (values stay in the schema's range).
+- ``new_category``: ``0.3 x severity`` of rows get ``region = "overseas"``, a value the
+  schema has never seen.
+- ``missing_values``: ``0.3 x severity`` of ``income``, ``employment_years`` and
+  ``credit_score`` values become missing.
+- ``concept_drift``: P(default | x) changes: ``0.5 x severity`` of the non-defaulting
+  applicants with a good score (>= 700) now default. Features are untouched.
+- ``label_shift``: P(default) rises by ``severity`` x (1 - base rate) x 0.5 through
+  resampling, P(x | y) unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pipelines.data import DataError
+from pipelines.features import LABEL, LOAN_SCHEMA
+
+SCENARIOS = ("none", "covariate_shift", "new_category", "missing_values", "concept_drift", "label_shift")
+
+COVARIATE_SHIFT = {"credit_score": -1.0, "debt_to_income": +1.0}  # direction, in standard deviations
+NEW_CATEGORY = ("region", "overseas")
+MISSING_COLUMNS = ("income", "employment_years", "credit_score")
+FRACTION_PER_SEVERITY = {"new_category": 0.3, "missing_values": 0.3, "concept_drift": 0.5}
+
+
+def affected_fraction(scenario: str, severity: float) -> float:
+    return min(FRACTION_PER_SEVERITY[scenario] * severity, 1.0)
+
+
+def check_scenario(scenario: str, severity: float) -> None:
+    if scenario not in SCENARIOS:
+        raise DataError(f"unknown scenario {scenario!r}; choose one of {', '.join(SCENARIOS)}")
+    if not 0 <= severity <= 3:
+        raise DataError(f"severity must be between 0 and 3, got {severity}")
+
+
+def apply_scenario(
+    frame: pd.DataFrame,
+    scenario: str,
+    severity: float = 1.0,
+    seed: int = 0,
+    reference_std: dict[str, float] | None = None,
+) -> pd.DataFrame:
+    """Return a drifted copy of ``frame``. ``reference_std`` fixes the shift unit (defaults to this frame's)."""
+    check_scenario(scenario, severity)
+    if scenario == "none" or severity == 0:
+        return frame.copy()
+    missing = [c for c in LOAN_SCHEMA.names if c not in frame.columns]
+    if missing:
+        raise DataError(f"scenario {scenario!r} needs the loan schema; the frame lacks {', '.join(missing)}")
+    needs_label = scenario in ("concept_drift", "label_shift")
+    if needs_label and LABEL not in frame.columns:
+        raise DataError(f"scenario {scenario!r} changes labels, but the frame has no {LABEL!r} column")
+    rng = np.random.default_rng(seed)
+    out = frame.copy()
+    if scenario == "covariate_shift":
+        for col, direction in COVARIATE_SHIFT.items():
+            std = (reference_std or {}).get(col) or float(frame[col].std())
+            feature = LOAN_SCHEMA[col]
+            shifted = (out[col] + direction * severity * std).clip(feature.low, feature.high)
+            out[col] = shifted.round().astype(out[col].dtype) if feature.kind == "int" else shifted
+    elif scenario == "new_category":
+        col, value = NEW_CATEGORY
+        out[col] = out[col].astype(object)
+        out.loc[rng.random(len(out)) < affected_fraction(scenario, severity), col] = value
+    elif scenario == "missing_values":
+        for col in MISSING_COLUMNS:
+            out[col] = out[col].astype(float)
+            out.loc[rng.random(len(out)) < affected_fraction(scenario, severity), col] = np.nan
+    elif scenario == "concept_drift":
+        flip = (
+            (out[LABEL] == 0)
+            & (out["credit_score"] >= 700)
+            & (rng.random(len(out)) < affected_fraction(scenario, severity))
+        )
+        out.loc[flip, LABEL] = 1
+    elif scenario == "label_shift":
+        base = float(out[LABEL].mean())
+        target = min(base + min(severity, 1.0) * (1 - base) * 0.5, 0.99)
+        n_pos = round(target * len(out))
+        pos, neg = out[out[LABEL] == 1], out[out[LABEL] == 0]
+        if pos.empty:
+            raise DataError("label_shift needs at least one positive row to resample")
+        out = pd.concat(
+            [
+                pos.sample(n=n_pos, replace=True, random_state=seed),
+                neg.sample(n=len(out) - n_pos, replace=len(out) - n_pos > len(neg), random_state=seed),
+            ]
+        )
+        out = out.sample(frac=1, random_state=seed).reset_index(drop=True)
+    return out

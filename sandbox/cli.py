@@ -1,0 +1,238 @@
+"""``sandbox``: the control plane's command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from sandbox.settings import Settings
+
+app = typer.Typer(
+    help="mlops-sandbox: train, register, serve and monitor models on one machine (or a kind cluster).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def no_cluster_yet() -> None:
+    fail("the kind cluster path is not built yet; use the embedded stack: `sandbox up --local` / `make demo`")
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")] = False) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+
+
+@app.command()
+def up(
+    local: Annotated[
+        bool, typer.Option("--local/--kind", help="Embedded stack (default) or kind cluster.")
+    ] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for every service to be healthy.")] = 120,
+) -> None:
+    """Start the platform and wait until every service is healthy (safe to run twice)."""
+    from sandbox import local_stack
+
+    if not local:
+        no_cluster_yet()
+    settings = Settings()
+    with console.status("starting the embedded stack...") as spinner:
+        try:
+            rows = local_stack.up(
+                settings,
+                timeout,
+                on_ready=lambda name: spinner.update(f"{name} is healthy; waiting for the rest..."),
+            )
+        except local_stack.StackError as exc:
+            fail(f"{exc}")
+    print_status(rows)
+    console.print(f"state in {settings.home}; stop with [bold]sandbox down[/]")
+
+
+@app.command()
+def down() -> None:
+    """Stop every process of the embedded stack (state on disk is kept; `make clean` removes it)."""
+    from sandbox import local_stack
+
+    strays = local_stack.down(Settings())
+    console.print("stack stopped" + (f" ({strays} stray process(es) killed)" if strays else ""))
+
+
+def print_status(rows: list[dict]) -> None:
+    table = Table("service", "state", "pid", "health", "url")
+    for row in rows:
+        health = "[green]ok[/]" if row["healthy"] else f"[red]{row['detail']}[/]"
+        table.add_row(row["name"], row["state"], str(row["pid"] or "-"), health, row["url"])
+    console.print(table)
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object instead of a table.")] = False,
+    local: Annotated[
+        bool, typer.Option("--local/--kind", help="Embedded stack (default) or kind cluster.")
+    ] = True,
+) -> None:
+    """Show each service of the stack, its process and its health endpoint; exit 1 if any is unhealthy."""
+    from sandbox import local_stack
+
+    if not local:
+        no_cluster_yet()
+    settings = Settings()
+    rows = local_stack.status(settings)
+    champion = (
+        champion_summary(settings) if any(r["name"] == "mlflow" and r["healthy"] for r in rows) else None
+    )
+    if as_json:
+        print(json.dumps({"services": rows, "champion": champion, "home": str(settings.home)}))
+    else:
+        print_status(rows)
+        if champion:
+            console.print(
+                f"champion: [bold]{champion['name']}[/] v{champion['version']} "
+                f"(roc_auc {champion['metrics'].get('roc_auc', 'n/a')})"
+            )
+        elif any(r["healthy"] for r in rows):
+            console.print("no champion yet: run [bold]sandbox train[/]")
+    if not all(r["healthy"] for r in rows):
+        raise typer.Exit(1)
+
+
+def champion_summary(settings: Settings) -> dict | None:
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.registry import current_champion
+
+    client = MlflowClient(settings.mlflow_uri)
+    version = current_champion(client, settings.model_name)
+    if version is None:
+        return None
+    metrics = client.get_run(version.run_id).data.metrics
+    return {
+        "name": settings.model_name,
+        "version": version.version,
+        "run_id": version.run_id,
+        "metrics": {k: v for k, v in metrics.items() if not k.startswith("slice_")},
+    }
+
+
+@app.command()
+def train(
+    source: Annotated[str, typer.Option(help="synthetic | breast_cancer | csv")] = "synthetic",
+    scenario: Annotated[str, typer.Option(help="Drift scenario applied to the training data.")] = "none",
+    severity: Annotated[float, typer.Option(help="Scenario strength, 0..3.")] = 1.0,
+    n_rows: Annotated[int, typer.Option(help="Rows to load (real sources are subsampled).")] = 20_000,
+    seed: Annotated[int, typer.Option(help="Random seed for data and split.")] = 0,
+    csv_path: Annotated[Path | None, typer.Option(help="CSV in the loan schema, with --source csv.")] = None,
+    learning_rate: Annotated[float, typer.Option(help="Gradient boosting learning rate.")] = 0.1,
+    max_iter: Annotated[int, typer.Option(help="Boosting iterations.")] = 200,
+    max_depth: Annotated[int, typer.Option(help="Maximum tree depth.")] = 6,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object at the end.")] = False,
+    local: Annotated[
+        bool, typer.Option("--local/--kind", help="Embedded run (default) or the KFP API.")
+    ] = True,
+) -> None:
+    """Run the train-and-register pipeline against the running MLflow and print the gate's decision."""
+    from pipelines.data import DataError
+    from sandbox.training import TrainingError, TrainRequest, run_embedded
+
+    if not local:
+        no_cluster_yet()
+    settings = Settings()
+    request = TrainRequest(
+        source=source,
+        scenario=scenario,
+        severity=severity,
+        n_rows=n_rows,
+        seed=seed,
+        csv_path=str(csv_path or ""),
+        hyperparams={"learning_rate": learning_rate, "max_iter": max_iter, "max_depth": max_depth},
+    )
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err)
+    tasks: dict[str, int] = {}
+
+    def on_step(step: str, state: str, seconds: float) -> None:
+        if step not in tasks:
+            tasks[step] = progress.add_task(f"{step}", total=1)
+        if state != "running":
+            mark = "[green]done[/]" if state == "success" else f"[red]{state}[/]"
+            progress.update(tasks[step], completed=1, description=f"{step} {mark} ({seconds:.1f}s)")
+
+    try:
+        with progress:
+            result = run_embedded(request, settings, on_step)
+    except (DataError, TrainingError) as exc:
+        fail(str(exc))
+    summary = {
+        "run_id": result["run_id"],
+        "model_version": result["model_version"],
+        "metrics": result["metrics"],
+        "promoted": result["promoted"],
+        "champion_version": result["champion_version"],
+        "reason": result["reason"],
+        "step_seconds": result["step_seconds"],
+    }
+    if as_json:
+        print(json.dumps(summary))
+        return
+    verdict = "[green]promoted to champion[/]" if result["promoted"] else "[yellow]not promoted[/]"
+    console.print(
+        f"run {result['run_id']}  model {result['model_name']} v{result['model_version']}: {verdict}"
+    )
+    console.print(f"gate: {result['reason']}")
+    console.print(
+        "metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items() if k != "holdout_rows")
+    )
+    console.print(f"champion is v{result['champion_version']}")
+
+
+@app.command("compile")
+def compile_(
+    output: Annotated[Path, typer.Option(help="Where to write the KFP IR YAML.")] = Path(
+        "build/train-and-register.yaml"
+    ),
+) -> None:
+    """Compile train-and-register to KFP IR (what the cluster runs)."""
+    from pipelines.run import compile_pipeline
+
+    path = compile_pipeline(output)
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def demo(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object at the end.")] = False,
+) -> None:
+    """The story so far: bring the stack up, train and register v1 (or a challenger), show the status."""
+    settings = Settings()
+    console.rule("1. the stack")
+    up(local=True, timeout=120)
+    console.rule("2. train-and-register")
+    train(
+        source="synthetic", scenario="none", severity=1.0, n_rows=20_000, seed=0, csv_path=None,
+        learning_rate=0.1, max_iter=200, max_depth=6, as_json=as_json, local=True,
+    )  # fmt: skip
+    console.rule("3. status")
+    status(as_json=as_json, local=True)
+    console.print(f"MLflow UI: {settings.mlflow_uri}")
+
+
+if __name__ == "__main__":
+    app()

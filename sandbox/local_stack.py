@@ -1,0 +1,344 @@
+"""The embedded stack: every long-running process under one supervisord, state in ``SANDBOX_HOME``.
+
+``up`` is idempotent (a second call starts nothing twice), recovers from a crashed
+supervisord (stale pid file, orphaned children), and names a port that is taken.
+Every process carries ``SANDBOX_STACK_HOME`` in its environment, so ``down`` can
+find and stop anything that escaped supervisord.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+import time
+import xmlrpc.client
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+
+from sandbox.settings import Settings
+
+log = logging.getLogger(__name__)
+STACK_ENV = "SANDBOX_STACK_HOME"
+# Light, quiet and offline: no background job runner (~2 GiB less), no telemetry, no BentoML tracking.
+BASE_ENV = {
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "BENTOML_DO_NOT_TRACK": "True",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+class StackError(RuntimeError):
+    """A problem with the local stack; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Program:
+    name: str
+    command: list[str]
+    port: int
+    health_path: str
+    env: dict[str, str] = field(default_factory=dict)
+    startsecs: int = 3
+
+    def url(self, settings: Settings) -> str:
+        return f"http://{settings.host}:{self.port}"
+
+
+def venv_bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def programs(settings: Settings) -> list[Program]:
+    """The processes of the embedded stack; later stages add theirs here."""
+    mlflow_dir = settings.mlflow_dir
+    return [
+        Program(
+            name="mlflow",
+            command=[
+                venv_bin("mlflow"), "server",
+                "--host", settings.host,
+                "--port", str(settings.mlflow_port),
+                "--backend-store-uri", f"sqlite:///{mlflow_dir / 'mlflow.db'}",
+                "--artifacts-destination", str(mlflow_dir / "artifacts"),
+                "--serve-artifacts",
+                "--workers", "1",
+            ],
+            port=settings.mlflow_port,
+            health_path="/health",
+        ),
+    ]  # fmt: skip
+
+
+# --- paths -----------------------------------------------------------------------------------------
+
+
+def supervisor_dir(settings: Settings) -> Path:
+    return settings.home / "supervisor"
+
+
+def socket_path(settings: Settings) -> Path:
+    return supervisor_dir(settings) / "supervisor.sock"
+
+
+def pid_path(settings: Settings) -> Path:
+    return supervisor_dir(settings) / "supervisord.pid"
+
+
+def config_path(settings: Settings) -> Path:
+    return supervisor_dir(settings) / "supervisord.conf"
+
+
+def render_config(settings: Settings, progs: list[Program]) -> str:
+    lines = [
+        "[unix_http_server]",
+        f"file={socket_path(settings)}",
+        "chmod=0700",
+        "",
+        "[supervisord]",
+        f"logfile={settings.logs_dir / 'supervisord.log'}",
+        f"pidfile={pid_path(settings)}",
+        f"directory={settings.home}",
+        "logfile_maxbytes=5MB",
+        "logfile_backups=1",
+        "",
+        "[rpcinterface:supervisor]",
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+        "",
+        "[supervisorctl]",
+        f"serverurl=unix://{socket_path(settings)}",
+    ]
+    for prog in progs:
+        env = ",".join(f'{k}="{v}"' for k, v in prog.env.items())
+        lines += [
+            "",
+            f"[program:{prog.name}]",
+            "command=" + " ".join(prog.command),
+            f"directory={settings.home}",
+            "autostart=true",
+            "autorestart=true",
+            f"startsecs={prog.startsecs}",
+            "startretries=3",
+            # Whole process groups: MLflow and BentoML fork workers that must go too.
+            "stopasgroup=true",
+            "killasgroup=true",
+            "stopwaitsecs=10",
+            "redirect_stderr=true",
+            f"stdout_logfile={settings.logs_dir / (prog.name + '.log')}",
+            "stdout_logfile_maxbytes=10MB",
+            "stdout_logfile_backups=1",
+        ]
+        if env:
+            lines.append(f"environment={env}")
+    return "\n".join(lines) + "\n"
+
+
+# --- supervisord -------------------------------------------------------------------------------------
+
+
+def rpc(settings: Settings):
+    from supervisor.xmlrpc import SupervisorTransport
+
+    transport = SupervisorTransport(None, None, serverurl=f"unix://{socket_path(settings)}")
+    return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+
+
+def supervisord_running(settings: Settings) -> bool:
+    if not socket_path(settings).exists():
+        return False
+    try:
+        return rpc(settings).supervisor.getState()["statename"] == "RUNNING"
+    except (OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError):
+        return False
+
+
+def stack_processes(settings: Settings) -> list[psutil.Process]:
+    """Every process started for this stack (found by the environment marker), supervisord included."""
+    home = str(settings.home.resolve())
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        if proc.pid == os.getpid():
+            continue
+        try:
+            if proc.environ().get(STACK_ENV) == home:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def kill_stack_processes(settings: Settings, timeout: float = 10) -> int:
+    procs = stack_processes(settings)
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=5)
+    return len(procs)
+
+
+def clear_stale_state(settings: Settings) -> int:
+    """After a crash: stop orphans of the old stack and remove its pid file and socket."""
+    killed = kill_stack_processes(settings)
+    for path in (pid_path(settings), socket_path(settings)):
+        path.unlink(missing_ok=True)
+    if killed:
+        log.warning("stopped %d orphaned process(es) of a previous stack", killed)
+    return killed
+
+
+def port_owner(host: str, port: int) -> str | None:
+    """A description of whoever listens on ``host:port``, or None when the port is free."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+            return None
+        except OSError:
+            pass
+    try:
+        for conn in psutil.net_connections("tcp"):
+            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
+                proc = psutil.Process(conn.pid)
+                return f"pid {conn.pid} ({' '.join(proc.cmdline()[:3])})"
+    except (psutil.Error, OSError):
+        pass
+    return "another process"
+
+
+def check_ports(settings: Settings, progs: list[Program]) -> None:
+    taken = []
+    for prog in progs:
+        owner = port_owner(settings.host, prog.port)
+        if owner:
+            env = f"SANDBOX_{prog.name.upper()}_PORT"
+            taken.append(f"port {prog.port} for {prog.name} is taken by {owner}: stop it or set {env}")
+    if taken:
+        raise StackError("; ".join(taken))
+
+
+def start_supervisord(settings: Settings, timeout: float = 20) -> None:
+    env = {**os.environ, **BASE_ENV, STACK_ENV: str(settings.home.resolve())}
+    subprocess.run(
+        [venv_bin("supervisord"), "-c", str(config_path(settings))],
+        env=env,
+        check=True,
+        cwd=settings.home,
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if supervisord_running(settings):
+            return
+        time.sleep(0.2)
+    raise StackError(f"supervisord did not come up; see {settings.logs_dir / 'supervisord.log'}")
+
+
+# --- health and status -----------------------------------------------------------------------------
+
+
+def probe(url: str, timeout: float = 2.0) -> tuple[bool, str]:
+    try:
+        resp = httpx.get(url, timeout=timeout)
+    except httpx.HTTPError as exc:
+        return False, type(exc).__name__
+    return resp.status_code < 400, f"HTTP {resp.status_code}"
+
+
+def status(settings: Settings) -> list[dict]:
+    """One row per program: supervisor state, pid, URL and whether its health endpoint answers."""
+    states = {}
+    if supervisord_running(settings):
+        states = {info["name"]: info for info in rpc(settings).supervisor.getAllProcessInfo()}
+    rows = []
+    for prog in programs(settings):
+        info = states.get(prog.name, {})
+        health_url = prog.url(settings) + prog.health_path
+        healthy, detail = probe(health_url) if info.get("statename") == "RUNNING" else (False, "not running")
+        rows.append(
+            {
+                "name": prog.name,
+                "state": info.get("statename", "STOPPED"),
+                "pid": info.get("pid") or None,
+                "url": prog.url(settings),
+                "health": health_url,
+                "healthy": healthy,
+                "detail": detail,
+                "log": str(settings.logs_dir / f"{prog.name}.log"),
+            }
+        )
+    return rows
+
+
+def wait_healthy(
+    settings: Settings, progs: list[Program], timeout: float, on_ready: Callable[[str], None]
+) -> None:
+    pending = {p.name: p for p in progs}
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for name, prog in list(pending.items()):
+            if probe(prog.url(settings) + prog.health_path)[0]:
+                del pending[name]
+                on_ready(name)
+        if pending:
+            time.sleep(0.5)
+    if pending:
+        logs = ", ".join(str(settings.logs_dir / f"{n}.log") for n in pending)
+        raise StackError(f"{', '.join(pending)} did not become healthy in {timeout:.0f}s; see {logs}")
+
+
+# --- up / down ---------------------------------------------------------------------------------------
+
+
+def up(
+    settings: Settings, timeout: float = 120, on_ready: Callable[[str], None] = lambda name: None
+) -> list[dict]:
+    """Start (or complete) the embedded stack and wait until every program is healthy."""
+    progs = programs(settings)
+    for path in (supervisor_dir(settings), settings.logs_dir, settings.mlflow_dir):
+        path.mkdir(parents=True, exist_ok=True)
+    config_path(settings).write_text(render_config(settings, progs))
+
+    if supervisord_running(settings):
+        server = rpc(settings).supervisor
+        added, changed, removed = server.reloadConfig()[0]
+        for name in removed + changed:
+            server.stopProcessGroup(name)
+            server.removeProcessGroup(name)
+        for name in changed + added:
+            server.addProcessGroup(name)
+        running = {i["name"] for i in server.getAllProcessInfo() if i["statename"] in ("RUNNING", "STARTING")}
+        missing = [p for p in progs if p.name not in running]
+        check_ports(settings, missing)
+        for prog in missing:
+            log.info("starting %s", prog.name)
+            server.startProcess(prog.name, False)
+    else:
+        clear_stale_state(settings)
+        check_ports(settings, progs)
+        start_supervisord(settings)
+    wait_healthy(settings, progs, timeout, on_ready)
+    return status(settings)
+
+
+def down(settings: Settings, timeout: float = 30) -> int:
+    """Stop everything; returns how many stray processes had to be killed after supervisord left."""
+    if supervisord_running(settings):
+        pid = int(pid_path(settings).read_text()) if pid_path(settings).exists() else None
+        with contextlib.suppress(OSError, xmlrpc.client.Fault):
+            rpc(settings).supervisor.shutdown()
+        if pid and psutil.pid_exists(pid):
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.TimeoutExpired):
+                psutil.Process(pid).wait(timeout)
+    return clear_stale_state(settings)
