@@ -41,7 +41,9 @@ def build_model(schema: FeatureSchema, **hyperparams) -> Pipeline:
 
 
 def features_only(frame: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
+    """The model's input: numeric features as float (so a missing value is NaN, never a type error)."""
     out = frame[schema.names].copy()
+    out[schema.numeric] = out[schema.numeric].astype(float)
     for name in schema.categorical:
         out[name] = out[name].astype(object).where(out[name].notna(), None)
     return out

@@ -62,7 +62,7 @@ def check_frame(frame: pd.DataFrame, schema: FeatureSchema, require_label: bool 
             if len(out_of_range):
                 report.errors.append(
                     f"column {feature.name!r}: {len(out_of_range)} value(s) outside [{feature.low:g}, "
-                    f"{feature.high:g}], e.g. {out_of_range.iloc[0]!r}"
+                    f"{feature.high:g}], e.g. {float(out_of_range.iloc[0]):g}"
                 )
             if feature.kind == "int" and (numbers % 1 != 0).any():
                 report.errors.append(f"column {feature.name!r} must hold whole numbers")

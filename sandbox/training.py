@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from pipelines.data import SOURCES, DataError, load_csv
 from pipelines.features import schema_for_source
 from pipelines.run import RESULT_MARKER
 from pipelines.scenarios import check_scenario
+from pipelines.train import DEFAULT_HYPERPARAMS
 from pipelines.validate import check_frame
 from sandbox.settings import Settings
 
@@ -60,6 +62,7 @@ class TrainRequest:
             "min_score": settings.gate_min_score,
             "tolerance": settings.gate_tolerance,
             "trigger": self.trigger,
+            **DEFAULT_HYPERPARAMS,
             **self.hyperparams,
         }
 
@@ -104,7 +107,7 @@ def run_embedded(
     check_request(request)
     check_mlflow(settings)
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
-    log_path = settings.logs_dir / f"train-{time.strftime('%Y%m%d-%H%M%S')}-{request.seed}.log"
+    log_path = settings.logs_dir / f"train-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     command = [
         sys.executable, "-m", "pipelines.run",
         json.dumps(request.arguments(settings)), str(settings.kfp_root),
@@ -133,7 +136,7 @@ def run_embedded(
                 step_seconds[step] = round(time.monotonic() - started.get(step, time.monotonic()), 2)
                 states[step] = match[3].lower()
                 on_step(step, match[3].lower(), step_seconds[step])
-            elif match := ERROR_LINE.match(line):
+            elif (match := ERROR_LINE.match(line)) and error is None:  # the step's own error, not the wrap-up
                 error = f"{match[1].rsplit('.', 1)[-1]}: {match[2]}"
     if proc.returncode != 0 or result is None:
         failed = next((step for step, state in states.items() if state != "success"), "pipeline")

@@ -1,0 +1,73 @@
+# mlops-sandbox: `make demo` runs the story, `make test` runs the tests (both set up what they need).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SANDBOX := $(VENV)/bin/sandbox
+# Debian/Ubuntu packages for the real Prometheus and Alertmanager of the embedded stack.
+APT_PACKAGES := prometheus prometheus-alertmanager
+
+.DEFAULT_GOAL := help
+.PHONY: help setup test test-unit lint format local down status train compile demo clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	@command -v python3 >/dev/null || { echo "python3 (3.11+) is needed"; exit 1; }
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q -U pip uv
+	# uv resolves and installs this dependency set in seconds where pip takes minutes.
+	$(VENV)/bin/uv pip install -q --python $(PY) -e '.[dev]'
+	@$(MAKE) --no-print-directory system-packages
+	touch $@
+
+.PHONY: system-packages
+system-packages:
+	@if command -v promtool >/dev/null && (command -v prometheus-alertmanager || command -v alertmanager) >/dev/null; then \
+		echo "prometheus and alertmanager: present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing $(APT_PACKAGES) (apt, --no-install-recommends)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; \
+	else \
+		echo "NOTE: install Prometheus and Alertmanager for the monitoring stage:"; \
+		echo "  Debian/Ubuntu: sudo apt-get install --no-install-recommends $(APT_PACKAGES)"; \
+		echo "  macOS: brew install prometheus alertmanager"; \
+	fi
+
+setup: $(VENV)/.installed ## Create .venv, install the project (+dev) and Prometheus/Alertmanager
+
+test: setup ## Run every test (unit + integration with real servers on 127.0.0.1)
+	$(PY) -m pytest -q
+
+test-unit: setup ## Run the fast unit tests only
+	$(PY) -m pytest -q tests/unit
+
+lint: setup ## ruff check and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup ## Apply ruff fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+local: setup ## Bring the embedded stack up (MLflow, ...) under supervisord
+	$(SANDBOX) up --local
+
+down: setup ## Stop the embedded stack, leaving no process behind
+	$(SANDBOX) down
+
+status: setup ## Show every service and its health
+	$(SANDBOX) status
+
+train: setup ## Run train-and-register once on the running stack
+	$(SANDBOX) train
+
+compile: setup ## Compile the pipeline to KFP IR in build/
+	$(SANDBOX) compile --output build/train-and-register.yaml
+
+demo: setup ## The story: stack up, train and register a champion, status
+	$(SANDBOX) demo
+
+clean: ## Stop the stack and remove state (.sandbox/) and build output
+	-@[ -x $(SANDBOX) ] && $(SANDBOX) down
+	rm -rf .sandbox build .pytest_cache test-artifacts

@@ -1,0 +1,133 @@
+"""`sandbox up --local / status / down` with real supervisord and a real MLflow server."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from sandbox import local_stack
+from sandbox.settings import Settings
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.integration
+SANDBOX = str(Path(sys.executable).parent / "sandbox")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    home = tmp_path_factory.mktemp("stack")
+    env = {**os.environ, "SANDBOX_HOME": str(home), "SANDBOX_MLFLOW_PORT": str(free_port())}
+    yield env
+    subprocess.run([SANDBOX, "down"], env=env, timeout=60)
+
+
+def cli(env, *args, timeout=300):
+    return subprocess.run([SANDBOX, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def settings_of(env) -> Settings:
+    return Settings(home=Path(env["SANDBOX_HOME"]), mlflow_port=int(env["SANDBOX_MLFLOW_PORT"]))
+
+
+def mlflow_row(env) -> dict:
+    result = cli(env, "status", "--json")
+    return next(r for r in json.loads(result.stdout)["services"] if r["name"] == "mlflow")
+
+
+def wait_for(predicate, timeout=90):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(1)
+    return False
+
+
+def test_up_is_healthy_and_idempotent(env):
+    first = cli(env, "up")
+    assert first.returncode == 0, first.stderr
+    row = mlflow_row(env)
+    assert row["state"] == "RUNNING" and row["healthy"]
+    second = cli(env, "up")
+    assert second.returncode == 0, second.stderr
+    assert mlflow_row(env)["pid"] == row["pid"], "a second up must not start MLflow again"
+    assert len([p for p in local_stack.stack_processes(settings_of(env)) if "supervisord" in " ".join(p.cmdline())]) == 1
+
+
+def test_train_through_the_cli(env):
+    result = cli(env, "train", "--n-rows", "5000", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(summary) >= {"run_id", "model_version", "metrics", "promoted", "champion_version"}
+    assert summary["promoted"] is True and summary["champion_version"] == summary["model_version"]
+    assert summary["metrics"]["roc_auc"] > 0.75
+    status = json.loads(cli(env, "status", "--json").stdout)
+    assert status["champion"]["version"] == summary["model_version"]
+
+
+def test_bad_parameters_give_a_clear_error_and_no_traceback(env, tmp_path):
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("a,b\n1,2\n")
+    cases = [
+        (["--n-rows", "0"], "--n-rows must be positive"),
+        (["--scenario", "tsunami"], "unknown scenario 'tsunami'"),
+        (["--source", "csv", "--csv-path", str(tmp_path / "none.csv")], "CSV file not found"),
+        (["--source", "csv", "--csv-path", str(bad_csv)], "does not fit the loan schema: missing column(s) age"),
+    ]
+    for args, message in cases:
+        result = cli(env, "train", *args)
+        assert result.returncode != 0
+        assert message in " ".join(result.stderr.split()), (args, result.stderr)
+        assert "Traceback" not in result.stderr
+
+
+def test_train_without_mlflow_says_to_start_the_stack(env):
+    result = cli({**env, "SANDBOX_MLFLOW_PORT": str(free_port())}, "train")
+    assert result.returncode == 1
+    assert "sandbox up --local" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_killed_mlflow_is_restarted(env):
+    before = mlflow_row(env)
+    os.killpg(before["pid"], signal.SIGKILL)
+    assert wait_for(lambda: (r := mlflow_row(env))["healthy"] and r["pid"] != before["pid"]), "supervisord restarts it"
+
+
+def test_up_recovers_from_a_crashed_supervisor(env):
+    settings = settings_of(env)
+    supervisord = int(local_stack.pid_path(settings).read_text())
+    os.kill(supervisord, signal.SIGKILL)  # its MLflow child lives on as an orphan holding the port
+    psutil.Process(supervisord).wait(10) if psutil.pid_exists(supervisord) else None
+    result = cli(env, "up")
+    assert result.returncode == 0, result.stderr
+    assert mlflow_row(env)["healthy"]
+    assert int(local_stack.pid_path(settings).read_text()) != supervisord
+
+
+def test_taken_port_is_named(env, tmp_path):
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        other = {**env, "SANDBOX_HOME": str(tmp_path / "other"), "SANDBOX_MLFLOW_PORT": str(port)}
+        result = cli(other, "up", timeout=60)
+    assert result.returncode == 1
+    message = " ".join(result.stderr.split())
+    assert f"port {port} for mlflow is taken" in message and "SANDBOX_MLFLOW_PORT" in message
+
+
+def test_down_leaves_no_process_behind(env):
+    settings = settings_of(env)
+    assert local_stack.stack_processes(settings)
+    result = cli(env, "down")
+    assert result.returncode == 0
+    assert local_stack.stack_processes(settings) == []
+    status = cli(env, "status", "--json")
+    assert status.returncode == 1 and json.loads(status.stdout)["services"][0]["state"] == "STOPPED"
