@@ -97,11 +97,13 @@ def status(
         no_cluster_yet()
     settings = Settings()
     rows = local_stack.status(settings)
-    champion = (
-        champion_summary(settings) if any(r["name"] == "mlflow" and r["healthy"] for r in rows) else None
-    )
+    healthy = {r["name"] for r in rows if r["healthy"]}
+    champion = champion_summary(settings) if "mlflow" in healthy else None
+    served = served_model(settings) if "serving" in healthy else None
     if as_json:
-        print(json.dumps({"services": rows, "champion": champion, "home": str(settings.home)}))
+        print(
+            json.dumps({"services": rows, "champion": champion, "served": served, "home": str(settings.home)})
+        )
     else:
         print_status(rows)
         if champion:
@@ -111,6 +113,8 @@ def status(
             )
         elif any(r["healthy"] for r in rows):
             console.print("no champion yet: run [bold]sandbox train[/]")
+        if served:
+            console.print(f"serving: {served['name']} v{served['version']} at {settings.serving_url}/predict")
     if not all(r["healthy"] for r in rows):
         raise typer.Exit(1)
 
@@ -131,6 +135,63 @@ def champion_summary(settings: Settings) -> dict | None:
         "run_id": version.run_id,
         "metrics": {k: v for k, v in metrics.items() if not k.startswith("slice_")},
     }
+
+
+def served_model(settings: Settings) -> dict | None:
+    import httpx
+
+    try:
+        response = httpx.get(f"{settings.serving_url}/model", timeout=3)
+    except httpx.HTTPError:
+        return None
+    if response.status_code != 200:
+        return None
+    return {k: v for k, v in response.json().items() if k != "input_example"}
+
+
+@app.command()
+def predict(
+    file: Annotated[Path, typer.Option("--file", "-f", help='JSON file: {"rows": [...]} or a list of rows.')],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON answer.")] = False,
+) -> None:
+    """Send rows to the serving endpoint and print the predictions."""
+    import httpx
+
+    settings = Settings()
+    try:
+        payload = json.loads(file.read_text())
+    except FileNotFoundError:
+        fail(f"{file} not found; pass a JSON file with --file (an example: GET {settings.serving_url}/model)")
+    except json.JSONDecodeError as exc:
+        fail(f"{file} is not valid JSON: {exc}")
+    if isinstance(payload, list):
+        payload = {"rows": payload}
+    try:
+        response = httpx.post(f"{settings.serving_url}/predict", json=payload, timeout=30)
+    except httpx.HTTPError as exc:
+        fail(
+            f"serving is not reachable at {settings.serving_url} ({type(exc).__name__}); run `sandbox up --local`"
+        )
+    if response.status_code >= 400:
+        body = response.json() if "json" in response.headers.get("content-type", "") else response.text
+        detail = body.get("detail") if isinstance(body, dict) else None
+        message = body.get("error", body) if isinstance(body, dict) else body
+        problems = "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in detail or [])
+        fail(f"HTTP {response.status_code}: {message}" + (f" ({problems})" if problems else ""))
+    answer = response.json()
+    if as_json:
+        print(json.dumps(answer))
+        return
+    table = Table("#", "prediction", "P(default)", "model", "request id")
+    for i, row in enumerate(answer):
+        table.add_row(
+            str(i),
+            str(row["prediction"]),
+            f"{row['probability']:.4f}",
+            f"{row['model']} v{row['model_version']}",
+            row["request_id"],
+        )
+    console.print(table)
 
 
 @app.command()

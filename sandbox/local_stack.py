@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from sandbox.settings import Settings
+from sandbox.settings import REPO_ROOT, Settings
 
 log = logging.getLogger(__name__)
 STACK_ENV = "SANDBOX_STACK_HOME"
@@ -32,6 +32,7 @@ BASE_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "BENTOML_DO_NOT_TRACK": "True",
     "PYTHONUNBUFFERED": "1",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 
 
@@ -73,6 +74,18 @@ def programs(settings: Settings) -> list[Program]:
             ],
             port=settings.mlflow_port,
             health_path="/health",
+        ),
+        Program(
+            name="serving",
+            command=[
+                venv_bin("bentoml"), "serve", "services.serving.service:Serving",
+                "--working-dir", str(REPO_ROOT),
+                "--host", settings.host,
+                "--port", str(settings.serving_port),
+            ],
+            port=settings.serving_port,
+            # Alive is enough for the stack: readiness waits for a champion (`sandbox status` shows it).
+            health_path="/livez",
         ),
     ]  # fmt: skip
 

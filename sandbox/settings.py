@@ -39,6 +39,29 @@ class Settings(BaseSettings):
     gate_min_score: float = 0.70
     gate_tolerance: float = 0.01
 
+    # Serving (BentoML). Batching merges concurrent requests into one model call; max_latency_ms
+    # is BentoML's deadline after which queued requests are shed with 503, so keep it generous.
+    serving_workers: int = 2
+    serving_poll_seconds: float = 5.0
+    serving_max_body_bytes: int = 1_048_576
+    serving_max_batch_size: int = 1000
+    serving_max_latency_ms: int = 10_000
+    # Serving -> monitor feed: bounded queue, batched POSTs, retries with backoff, counted drops.
+    monitor_feed: bool = True
+    feed_queue_size: int = 10_000
+    feed_batch_size: int = 500
+    feed_flush_seconds: float = 0.5
+    feed_max_retries: int = 3
+    feed_timeout_seconds: float = 2.0
+
+    @property
+    def serving_url(self) -> str:
+        return f"http://{self.host}:{self.serving_port}"
+
+    @property
+    def monitor_url(self) -> str:
+        return f"http://{self.host}:{self.monitor_port}"
+
     @property
     def mlflow_uri(self) -> str:
         return self.mlflow_tracking_uri or f"http://{self.host}:{self.mlflow_port}"

@@ -58,7 +58,8 @@ def test_up_is_healthy_and_idempotent(env):
     second = cli(env, "up")
     assert second.returncode == 0, second.stderr
     assert mlflow_row(env)["pid"] == row["pid"], "a second up must not start MLflow again"
-    assert len([p for p in local_stack.stack_processes(settings_of(env)) if "supervisord" in " ".join(p.cmdline())]) == 1
+    supervisors = [p for p in local_stack.stack_processes(settings_of(env)) if "supervisord" in p.name()]
+    assert len(supervisors) == 1
 
 
 def test_train_through_the_cli(env):
@@ -79,7 +80,10 @@ def test_bad_parameters_give_a_clear_error_and_no_traceback(env, tmp_path):
         (["--n-rows", "0"], "--n-rows must be positive"),
         (["--scenario", "tsunami"], "unknown scenario 'tsunami'"),
         (["--source", "csv", "--csv-path", str(tmp_path / "none.csv")], "CSV file not found"),
-        (["--source", "csv", "--csv-path", str(bad_csv)], "does not fit the loan schema: missing column(s) age"),
+        (
+            ["--source", "csv", "--csv-path", str(bad_csv)],
+            "does not fit the loan schema: missing column(s) age",
+        ),
     ]
     for args, message in cases:
         result = cli(env, "train", *args)
@@ -97,7 +101,9 @@ def test_train_without_mlflow_says_to_start_the_stack(env):
 def test_killed_mlflow_is_restarted(env):
     before = mlflow_row(env)
     os.killpg(before["pid"], signal.SIGKILL)
-    assert wait_for(lambda: (r := mlflow_row(env))["healthy"] and r["pid"] != before["pid"]), "supervisord restarts it"
+    assert wait_for(lambda: (r := mlflow_row(env))["healthy"] and r["pid"] != before["pid"]), (
+        "supervisord restarts it"
+    )
 
 
 def test_up_recovers_from_a_crashed_supervisor(env):

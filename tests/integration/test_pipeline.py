@@ -35,7 +35,9 @@ def test_first_model_becomes_champion(first_run, settings):
     assert result["champion_version"] == "1"
     assert "no champion yet" in result["reason"]
     finished = [(step, state) for step, state, _ in steps if state != "running"]
-    assert finished == [(s, "success") for s in ("load-data", "validate-data", "train", "evaluate", "register", "promote")]
+    assert finished == [
+        (s, "success") for s in ("load-data", "validate-data", "train", "evaluate", "register", "promote")
+    ]
 
     client = MlflowClient(settings.mlflow_uri)
     assert client.get_model_version_by_alias(MODEL, "champion").version == "1"

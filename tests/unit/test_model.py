@@ -29,5 +29,7 @@ def test_model_serves_unseen_categories_and_missing_values():
 def test_weak_hyperparameters_give_a_weaker_model():
     train, holdout = split(generate_loans(6_000, seed=5), LOAN_SCHEMA)
     strong = evaluate_model(train_model(train, LOAN_SCHEMA), holdout, LOAN_SCHEMA)["roc_auc"]
-    weak = evaluate_model(train_model(train, LOAN_SCHEMA, max_iter=1, max_depth=1), holdout, LOAN_SCHEMA)["roc_auc"]
+    weak = evaluate_model(train_model(train, LOAN_SCHEMA, max_iter=1, max_depth=1), holdout, LOAN_SCHEMA)[
+        "roc_auc"
+    ]
     assert weak < strong - 0.05

@@ -1,0 +1,170 @@
+"""The served model: load a registered version, smoke-test it, swap atomically when the alias moves.
+
+We load the scikit-learn pipeline straight from the MLflow registry
+(``mlflow.sklearn``) rather than importing it into the BentoML model store:
+MLflow is the one source of truth for versions and aliases, a swap is a poll
+of the alias (no copy of every version into a second store, no shared store
+needed between pods), and the native object gives ``predict_proba`` without
+pyfunc's per-call schema enforcement (our pydantic rows already validate).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from pipelines.features import FeatureSchema
+from pipelines.train import features_only
+
+log = logging.getLogger("sandbox.serving")
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    name: str
+    version: str
+    run_id: str
+    alias: str
+    model: object
+    input_example: list[dict]
+    loaded_at: float = field(default_factory=time.time)
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.model.predict_proba(frame)[:, 1]
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "run_id": self.run_id,
+            "alias": self.alias,
+            "loaded_at": self.loaded_at,
+            "input_example": self.input_example,
+        }
+
+
+def example_rows(frame: pd.DataFrame) -> list[dict]:
+    """JSON-ready rows (NaN -> None, numpy scalars -> Python) that ``/predict`` accepts as they are."""
+    rows = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
+    return [{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()} for row in rows]
+
+
+def smoke_test(model: object, example: pd.DataFrame, schema: FeatureSchema) -> None:
+    """Predict on the version's own input example; a model that cannot is never served."""
+    missing = [c for c in schema.names if c not in example.columns]
+    if missing:
+        raise ModelLoadError(f"input example lacks the serving schema's columns {missing}")
+    prob = model.predict_proba(features_only(example, schema))[:, 1]
+    if len(prob) != len(example) or not all(0 <= p <= 1 and not math.isnan(p) for p in prob):
+        raise ModelLoadError("smoke prediction returned invalid probabilities")
+
+
+def load_version(
+    client, tracking_uri: str, name: str, version: str, alias: str, schema: FeatureSchema
+) -> LoadedModel:
+    """Download, load and smoke-test one registered version; raise ``ModelLoadError`` on any failure."""
+    import mlflow
+    from mlflow.models import Model
+
+    try:
+        model_version = client.get_model_version(name, version)
+        with tempfile.TemporaryDirectory() as tmp:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{name}/{version}", dst_path=tmp, tracking_uri=tracking_uri
+            )
+            model = mlflow.sklearn.load_model(local)
+            example = Model.load(local).load_input_example(local)
+        if not isinstance(example, pd.DataFrame):
+            raise ModelLoadError("the version has no tabular input example")
+        smoke_test(model, example, schema)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # any failure to fetch, unpickle or predict means: do not serve it
+        raise ModelLoadError(f"{type(exc).__name__}: {exc}") from exc
+    return LoadedModel(name, version, model_version.run_id, alias, model, example_rows(example[schema.names]))
+
+
+class ModelHolder:
+    """Holds the served model; a watcher thread follows the alias and swaps only to a healthy version."""
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        name: str,
+        schema: FeatureSchema,
+        alias: str = "champion",
+        on_swap: Callable[[LoadedModel | None, LoadedModel], None] = lambda old, new: None,
+        on_failure: Callable[[str, str], None] = lambda version, reason: None,
+    ):
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        # models:/ URIs resolve through the global registry URI (else MLflow falls back to ./mlflow.db).
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+        self.tracking_uri, self.client = tracking_uri, MlflowClient(tracking_uri, registry_uri=tracking_uri)
+        self.name, self.schema, self.alias = name, schema, alias
+        self.current: LoadedModel | None = None  # replaced in one assignment: readers never see half a swap
+        self.failed_versions: dict[str, str] = {}
+        self.on_swap, self.on_failure = on_swap, on_failure
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def alias_version(self) -> str | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version_by_alias(self.name, self.alias).version
+        except MlflowException as exc:
+            if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code) or "not found" in str(exc).lower():
+                return None
+            raise
+
+    def refresh(self) -> bool:
+        """One poll: returns True when a new version was swapped in."""
+        version = self.alias_version()
+        if version is None or (self.current and self.current.version == version):
+            return False
+        if version in self.failed_versions:
+            return False  # known bad; wait for the alias to move again
+        try:
+            loaded = load_version(self.client, self.tracking_uri, self.name, version, self.alias, self.schema)
+        except ModelLoadError as exc:
+            self.failed_versions[version] = str(exc)
+            log.error("not serving %s v%s: %s (keeping %s)", self.name, version, exc, self.describe_current())
+            self.on_failure(version, str(exc))
+            return False
+        old, self.current = self.current, loaded
+        log.info("now serving %s v%s (was %s)", self.name, version, old.version if old else "nothing")
+        self.on_swap(old, loaded)
+        return True
+
+    def describe_current(self) -> str:
+        return f"v{self.current.version}" if self.current else "no model"
+
+    def start(self, interval: float) -> None:
+        def loop() -> None:
+            while not self._stop.is_set():
+                try:
+                    self.refresh()
+                except Exception as exc:  # MLflow down or slow: keep serving what we have, try again
+                    log.warning("could not check %s@%s: %s", self.name, self.alias, exc)
+                self._stop.wait(interval)
+
+        self._thread = threading.Thread(target=loop, name="model-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
