@@ -1,4 +1,4 @@
-"""ASGI middleware of the serving app: a body-size limit answered before the body is parsed."""
+"""ASGI middleware of the serving app: input guards answered before the body is parsed, honest OpenAPI."""
 
 from __future__ import annotations
 
@@ -12,6 +12,26 @@ async def send_json(send, status: int, payload: dict) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+class JsonOnly:
+    """415 for a ``/predict`` body that is not JSON (BentoML would try multipart and fail with a 500)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] in PREDICT_PATHS and scope["method"] == "POST":
+            content_type = dict(scope.get("headers") or []).get(b"content-type", b"application/json")
+            if content_type.split(b";")[0].strip().lower() != b"application/json":
+                return await send_json(
+                    send,
+                    415,
+                    {
+                        "error": f"send JSON with Content-Type: application/json, not {content_type.decode(errors='replace')!r}"
+                    },
+                )
+        return await self.app(scope, receive, send)
 
 
 class BodySizeLimit:
@@ -56,3 +76,58 @@ class BodySizeLimit:
             return await receive()
 
         return await self.app(scope, replay, send)
+
+
+def patch_openapi(spec: dict) -> dict:
+    """Make BentoML's generated OpenAPI match what the service really answers.
+
+    BentoML documents a validation error's ``detail`` as a string but sends pydantic's
+    list of ``{loc, msg, type}``; and it cannot know about our 413 and 503 answers.
+    """
+    detail = {
+        "title": "Error Detail",
+        "anyOf": [
+            {"type": "string"},
+            {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"loc": {"type": "array"}, "msg": {"type": "string"}},
+                },
+            },
+        ],
+    }
+    for schema in spec.get("components", {}).get("schemas", {}).values():
+        if isinstance(schema, dict) and "detail" in schema.get("properties", {}):
+            schema["properties"]["detail"] = detail
+    error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/InvalidArgument"}}}}
+    for path in PREDICT_PATHS:
+        responses = spec.get("paths", {}).get(path, {}).get("post", {}).get("responses")
+        if responses is not None:
+            responses.setdefault("413", {"description": "Request body too large", **error})
+            responses.setdefault("415", {"description": "Body is not application/json", **error})
+            responses.setdefault("503", {"description": "No model loaded yet (run `sandbox train`)", **error})
+    return spec
+
+
+class OpenAPIFix:
+    """Rewrites ``GET /docs.json`` through ``patch_openapi``."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] != "/docs.json":
+            return await self.app(scope, receive, send)
+        start, chunks = {}, []
+
+        async def capture(message):
+            if message["type"] == "http.response.start":
+                start.update(message)
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+
+        await self.app(scope, receive, capture)
+        if start.get("status") != 200:
+            return await send_json(send, start.get("status", 500), {"error": "OpenAPI document unavailable"})
+        await send_json(send, 200, patch_openapi(json.loads(b"".join(chunks))))

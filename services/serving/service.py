@@ -27,7 +27,7 @@ from pipelines.features import LOAN_SCHEMA
 from pipelines.train import features_only
 from sandbox.settings import Settings
 from services.serving.feed import MonitorFeed
-from services.serving.middleware import PREDICT_PATHS, BodySizeLimit, send_json
+from services.serving.middleware import PREDICT_PATHS, BodySizeLimit, JsonOnly, OpenAPIFix, send_json
 from services.serving.model_store import LoadedModel, ModelHolder
 from services.serving.rows import EXAMPLE_ROW, MAX_ROWS, LoanRow, Prediction
 
@@ -205,4 +205,6 @@ class Serving:
 
 
 Serving.add_asgi_middleware(ReadinessGate)
+Serving.add_asgi_middleware(OpenAPIFix)
+Serving.add_asgi_middleware(JsonOnly)
 Serving.add_asgi_middleware(BodySizeLimit, max_bytes=SETTINGS.serving_max_body_bytes)

@@ -1,0 +1,805 @@
+"""Benchmark serving: the BentoML service against ``mlflow models serve`` on the same model.
+
+What it measures, all on 127.0.0.1, against its own throw-away MLflow server (a temp dir, a free port):
+
+1. Trains the default model in-process (``generate_loans`` 20000 rows, ``split``/``train_model``,
+   ``evaluate_model``, ``log_and_register`` + ``promote``) as ``bench-serving``: version 1 is champion.
+2. The floor: in-process ``predict_proba`` of the loaded model (``mlflow.sklearn.load_model``) on a
+   prepared 1-row and 64-row frame, and the same with the DataFrame built from JSON rows; medians.
+3. Three servers, one at a time, each stopped (whole process group) before the next:
+   - ``mlflow-serve``: ``mlflow models serve -m models:/bench-serving/1 --env-manager local --workers W``
+     (body ``{"dataframe_records": [...]}`` at ``/invocations``), the baseline;
+   - ``bentoml``: ``bentoml serve services.serving.service:Serving`` with ``SANDBOX_SERVING_WORKERS=W``
+     and the monitor feed off (body ``{"rows": [...]}`` at ``/predict``);
+   - ``bentoml+feed``: the same with the monitor feed on, pointed at a tiny in-script ``/ingest``
+     server (a thread answering 200 at once, counting the records it gets).
+4. Load on each: concurrency 1 and 16, single-row and 64-row bodies, a short warm-up then a fixed
+   duration per case, keep-alive connections. ``wrk`` when installed (one thread, a Lua script that
+   also counts statuses), else a Python load generator (asyncio + httpx). Latency covers every
+   response; req/s counts 2xx responses only (a 503 shed by BentoML is an error, not throughput).
+   Each case also records the CPU used meanwhile by processes outside this benchmark (a shared
+   machine's noise) and the load average.
+
+It prints a table (server | concurrency | rows/request | req/s | p50 ms | p99 ms | errors | req/s vs
+baseline), the floor, the monitor-feed delivery counts, errors found in the servers' logs, whether the
+targets hold, and one JSON line with everything at the end (stdout; progress goes to stderr):
+
+(a) single-row at concurrency 16: bentoml >= 3x the baseline's req/s, with a lower p99;
+(b) single-row at concurrency 1: bentoml p50 <= 1.2x the baseline's p50;
+(c) the monitor feed costs < 10% of bentoml's req/s at concurrency 16, single-row.
+
+Run from the repository root (takes about 5 minutes with the defaults):
+
+    .venv/bin/python benchmarks/serving.py [--duration 15] [--warmup 3] [--workers 2]
+        [--max-batch-size N] [--max-latency-ms MS] [--omp-threads N] [--servers ...]
+        [--load-generator auto|wrk|python] [--keep]
+
+``--workers`` and ``--omp-threads`` apply to the baseline and the service alike; ``--max-batch-size`` and
+``--max-latency-ms`` are passed to the service as ``SANDBOX_SERVING_MAX_BATCH_SIZE`` / ``_MAX_LATENCY_MS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import psutil
+from rich.console import Console
+from rich.table import Table
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+MODEL_NAME = "bench-serving"
+EXPERIMENT = "bench-serving"
+BASELINE, SERVICE, SERVICE_FEED = "mlflow-serve", "bentoml", "bentoml+feed"
+SERVERS = (BASELINE, SERVICE, SERVICE_FEED)
+QUIET_ENV = {
+    "BENTOML_DO_NOT_TRACK": "True",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+LOG_PROBLEM = re.compile(r"Traceback|\bERROR\b|\bCRITICAL\b|Exception|\b5\d\d\b.*(?:error|Error)")
+TARGET_A_RATIO, TARGET_B_RATIO, TARGET_C_COST = 3.0, 1.2, 0.10
+
+WIDTH = None if sys.stdout.isatty() else 150  # rich wraps at 80 columns when piped
+console = Console(stderr=True, width=WIDTH)
+
+
+# --- processes ---------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"(no log at {path})"
+
+
+class Server:
+    """A server in its own session (= process group), logging to a file, stopped with all it spawned."""
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str], log_path: Path, cwd: Path):
+        self.name, self.command, self.log_path = name, command, log_path
+        with log_path.open("w") as log:
+            self.proc = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                # The venv's bin first: `mlflow models serve` execs a bare `uvicorn`.
+                env={
+                    **os.environ,
+                    **QUIET_ENV,
+                    "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                    **env,
+                },
+                cwd=cwd,
+                start_new_session=True,
+            )
+        self.started = time.monotonic()
+
+    def wait_ready(self, url: str, timeout: float) -> float:
+        while time.monotonic() - self.started < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{tail(self.log_path)}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url, timeout=2).status_code == 200:
+                    return time.monotonic() - self.started
+            time.sleep(0.5)
+        raise RuntimeError(f"{self.name} not ready at {url} after {timeout:.0f}s:\n{tail(self.log_path)}")
+
+    def stop(self, timeout: float = 20) -> None:
+        """SIGTERM the group, then SIGKILL the group and any descendant that left it."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(psutil.Error):
+                descendants = psutil.Process(self.proc.pid).children(recursive=True)
+        else:
+            descendants = []
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+        for child in descendants:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+
+
+def start_mlflow(tmp: Path, port: int) -> Server:
+    command = [
+        str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+        "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}",
+        "--artifacts-destination", str(tmp / "artifacts"), "--serve-artifacts", "--workers", "1",
+    ]  # fmt: skip
+    return Server("mlflow server", command, {}, tmp / "mlflow-server.log", tmp)
+
+
+class IngestHandler(BaseHTTPRequestHandler):
+    """Stands in for the monitor: 200 to ``POST /ingest`` as soon as the body is read."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        ok = self.path.rstrip("/") == "/ingest"
+        if ok:
+            try:
+                records = len(json.loads(body).get("records", []))
+            except (ValueError, AttributeError):
+                records = 0
+            self.server.tally(records)  # type: ignore[attr-defined]
+        reply = b'{"accepted": true}' if ok else b'{"error": "not found"}'
+        self.send_response(200 if ok else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 (http.server's signature)
+        pass
+
+
+class IngestServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, port: int):
+        super().__init__(("127.0.0.1", port), IngestHandler)
+        self.lock = threading.Lock()
+        self.posts = self.records = 0
+
+    def tally(self, records: int) -> None:
+        with self.lock:
+            self.posts += 1
+            self.records += records
+
+
+# --- model -------------------------------------------------------------------------------------------
+
+
+def json_rows(frame) -> list[dict]:
+    """Rows as plain JSON values (numpy scalars -> Python, NaN -> None)."""
+    rows = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
+    return [{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()} for row in rows]
+
+
+def train_and_register(tracking_uri: str, n_rows: int) -> dict:
+    """The default model, trained here, registered as version 1 of ``bench-serving`` and promoted."""
+    from pipelines.data import generate_loans
+    from pipelines.evaluate import evaluate_model
+    from pipelines.features import LOAN_SCHEMA
+    from pipelines.registry import log_and_register, promote
+    from pipelines.train import DEFAULT_HYPERPARAMS, split, train_model
+    from sandbox.settings import Settings
+
+    settings = Settings()
+    started = time.perf_counter()
+    frame = generate_loans(n_rows, seed=0)
+    train, holdout = split(frame, LOAN_SCHEMA, 0.25, 0)
+    model = train_model(train, LOAN_SCHEMA)
+    scores = evaluate_model(model, holdout, LOAN_SCHEMA)
+    _, version = log_and_register(
+        tracking_uri, model, LOAN_SCHEMA, train, params={"n_rows": n_rows, **DEFAULT_HYPERPARAMS},
+        metrics=scores, model_name=MODEL_NAME, experiment=EXPERIMENT, tags={"trigger": "benchmark"},
+    )  # fmt: skip
+    decision = promote(
+        tracking_uri, MODEL_NAME, version, holdout, LOAN_SCHEMA,
+        min_score=settings.gate_min_score, tolerance=settings.gate_tolerance, metric=settings.gate_metric,
+    )  # fmt: skip
+    if not decision["promoted"] or decision["champion_version"] != "1":
+        raise RuntimeError(f"expected version 1 to become champion, got {decision}")
+    return {
+        "seconds": time.perf_counter() - started,
+        "version": version,
+        "roc_auc": decision["metrics"].get("roc_auc"),
+        "rows64": json_rows(holdout[LOAN_SCHEMA.names].head(64)),
+    }
+
+
+def measure_floor(rows: dict[int, list[dict]], calls: int) -> dict:
+    """Median in-process time of the registered model, per body size and thread cap.
+
+    ``predict_ms``: ``predict_proba`` on a prepared frame; ``frame_and_predict_ms``: the DataFrame built
+    from the JSON rows first. ``default`` threads is scikit-learn's OpenMP pool (one thread per core);
+    ``1 thread`` caps it with threadpoolctl, as ``OMP_NUM_THREADS=1`` does in a server.
+    """
+    import mlflow.sklearn
+    import pandas as pd
+    from threadpoolctl import threadpool_limits
+
+    from pipelines.features import LOAN_SCHEMA
+    from pipelines.train import features_only
+
+    model = mlflow.sklearn.load_model(f"models:/{MODEL_NAME}/1")
+
+    def one(body_rows: list[dict]) -> dict:
+        frame = features_only(pd.DataFrame(body_rows), LOAN_SCHEMA)
+        model.predict_proba(frame)  # the first call pays lazy set-up
+        prepared, built = [], []
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            model.predict_proba(frame)
+            t1 = time.perf_counter()
+            model.predict_proba(features_only(pd.DataFrame(body_rows), LOAN_SCHEMA))
+            prepared.append(t1 - t0)
+            built.append(time.perf_counter() - t1)
+        return {
+            "predict_ms": round(statistics.median(prepared) * 1000, 3),
+            "frame_and_predict_ms": round(statistics.median(built) * 1000, 3),
+            "calls": calls,
+        }
+
+    floor: dict = {}
+    for threads in (None, 1):
+        with threadpool_limits(threads) if threads else contextlib.nullcontext():
+            for n, body_rows in rows.items():
+                floor[f"{n} row{'s' if n > 1 else ''}, {'1 thread' if threads else 'default threads'}"] = one(
+                    body_rows
+                )
+    return floor
+
+
+# --- load --------------------------------------------------------------------------------------------
+
+WRK_SCRIPT = """
+local f = assert(io.open(%(body)s, "rb"))
+local body = f:read("*a")
+f:close()
+wrk.method = "POST"
+wrk.body = body
+wrk.headers["Content-Type"] = "application/json"
+
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) statuses = {} end
+function response(status, headers, body)
+  if status < 200 or status >= 300 then
+    local key = tostring(status)
+    statuses[key] = (statuses[key] or 0) + 1
+  end
+end
+function done(summary, latency, requests)
+  local parts = {}
+  for _, thread in ipairs(threads) do
+    for status, n in pairs(thread:get("statuses")) do
+      table.insert(parts, string.format('"%%s": %%d', status, n))
+    end
+  end
+  local e = summary.errors
+  io.write(string.format(
+    'WRK_JSON {"responses": %%d, "duration_us": %%d, "non2xx_wrk": %%d, "connect": %%d, "read": %%d, '
+    .. '"write": %%d, "timeout": %%d, "p50_us": %%d, "p99_us": %%d, "mean_us": %%.1f, "max_us": %%d, '
+    .. '"statuses": {%%s}}\\n',
+    summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout,
+    latency:percentile(50), latency:percentile(99), latency.mean, latency.max, table.concat(parts, ", ")))
+end
+"""
+
+
+def run_wrk(url: str, body_path: Path, concurrency: int, seconds: float, tmp: Path) -> dict:
+    script = tmp / f"{body_path.stem}.lua"
+    script.write_text(WRK_SCRIPT % {"body": json.dumps(str(body_path))})
+    command = [
+        "wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "60s",
+        "-s", str(script), url,
+    ]  # fmt: skip
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("WRK_JSON ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"wrk failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    raw = json.loads(lines[-1][len("WRK_JSON ") :])
+    duration = raw["duration_us"] / 1e6
+    non2xx = sum(raw["statuses"].values())
+    io_errors = raw["connect"] + raw["read"] + raw["write"] + raw["timeout"]
+    return {
+        "responses": raw["responses"],
+        "ok": raw["responses"] - non2xx,
+        "seconds": duration,
+        "p50_ms": raw["p50_us"] / 1000,
+        "p99_ms": raw["p99_us"] / 1000,
+        "mean_ms": raw["mean_us"] / 1000,
+        "max_ms": raw["max_us"] / 1000,
+        "non2xx": non2xx,
+        "statuses": raw["statuses"],
+        "io_errors": io_errors,
+        "io_error_kinds": {k: raw[k] for k in ("connect", "read", "write", "timeout") if raw[k]},
+    }
+
+
+async def python_load(url: str, body: bytes, concurrency: int, seconds: float) -> dict:
+    latencies: list[float] = []
+    statuses: Counter[str] = Counter()
+    io_errors: Counter[str] = Counter()
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    headers = {"Content-Type": "application/json"}
+    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+        deadline = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            while time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                try:
+                    response = await client.post(url, content=body, headers=headers)
+                    await response.aread()
+                except httpx.HTTPError as exc:
+                    io_errors[type(exc).__name__] += 1
+                    continue
+                latencies.append(time.perf_counter() - t0)
+                statuses[str(response.status_code)] += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        return latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] * 1000 if latencies else 0.0
+
+    ok = sum(n for s, n in statuses.items() if s.startswith("2"))
+    non2xx = {s: n for s, n in statuses.items() if not s.startswith("2")}
+    return {
+        "responses": len(latencies),
+        "ok": ok,
+        "seconds": elapsed,
+        "p50_ms": pct(50),
+        "p99_ms": pct(99),
+        "mean_ms": statistics.fmean(latencies) * 1000 if latencies else 0.0,
+        "max_ms": latencies[-1] * 1000 if latencies else 0.0,
+        "non2xx": sum(non2xx.values()),
+        "statuses": non2xx,
+        "io_errors": sum(io_errors.values()),
+        "io_error_kinds": dict(io_errors),
+    }
+
+
+class OthersCpu:
+    """CPU seconds used by processes outside this benchmark's tree (other users of a shared machine)."""
+
+    def __init__(self) -> None:
+        self.wall, self.start = time.monotonic(), self.snapshot()
+
+    @staticmethod
+    def snapshot() -> dict[tuple[int, float], float]:
+        out = {}
+        for proc in psutil.process_iter(["create_time", "cpu_times"]):
+            times = proc.info["cpu_times"]
+            if times is not None and proc.info["create_time"] is not None:
+                out[(proc.pid, proc.info["create_time"])] = times.user + times.system
+        return out
+
+    def percent(self) -> float:
+        """Their CPU since construction, in % of one core (so up to 100 x cores)."""
+        end, wall = self.snapshot(), time.monotonic() - self.wall
+        me = psutil.Process()
+        mine = {me.pid} | {child.pid for child in me.children(recursive=True)}
+        used = sum(t - self.start.get(key, 0.0) for key, t in end.items() if key[0] not in mine)
+        return 100 * used / wall if wall > 0 else 0.0
+
+
+def load(generator: str, url: str, body_path: Path, concurrency: int, seconds: float, tmp: Path) -> dict:
+    if generator == "wrk":
+        return run_wrk(url, body_path, concurrency, seconds, tmp)
+    return asyncio.run(python_load(url, body_path.read_bytes(), concurrency, seconds))
+
+
+# --- one server --------------------------------------------------------------------------------------
+
+
+def request_body(server: str, rows: list[dict]) -> dict:
+    return {"dataframe_records": rows} if server == BASELINE else {"rows": rows}
+
+
+def answered_rows(server: str, payload) -> int:
+    """How many predictions a response carries (checks that the server really predicted)."""
+    if server == BASELINE:
+        return len(payload["predictions"])
+    if not all({"prediction", "probability", "model_version"} <= set(item) for item in payload):
+        raise RuntimeError(f"unexpected /predict answer: {str(payload)[:300]}")
+    return len(payload)
+
+
+def start_server(server: str, args, tmp: Path, tracking_uri: str, ingest_port: int) -> tuple[Server, str]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log_path = tmp / f"{server.replace('+', '-')}.log"
+    threads = {"OMP_NUM_THREADS": str(args.omp_threads)} if args.omp_threads else {}
+    if server == BASELINE:
+        command = [
+            str(VENV_BIN / "mlflow"), "models", "serve", "-m", f"models:/{MODEL_NAME}/1",
+            "--env-manager", "local", "--host", "127.0.0.1", "-p", str(port), "--workers", str(args.workers),
+        ]  # fmt: skip
+        env = {"MLFLOW_TRACKING_URI": tracking_uri, **threads}
+        return Server(server, command, env, log_path, tmp), base
+    command = [
+        str(VENV_BIN / "bentoml"), "serve", "services.serving.service:Serving",
+        "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+    env = {
+        "SANDBOX_HOME": str(tmp / "sandbox-home"),
+        "SANDBOX_HOST": "127.0.0.1",
+        "SANDBOX_MLFLOW_TRACKING_URI": tracking_uri,
+        "SANDBOX_MODEL_NAME": MODEL_NAME,
+        "SANDBOX_SERVING_WORKERS": str(args.workers),
+        "SANDBOX_MONITOR_FEED": "true" if server == SERVICE_FEED else "false",
+        "SANDBOX_MONITOR_PORT": str(ingest_port),
+        "BENTOML_HOME": str(tmp / "bentoml-home"),
+        **threads,
+    }
+    if args.max_batch_size is not None:
+        env["SANDBOX_SERVING_MAX_BATCH_SIZE"] = str(args.max_batch_size)
+    if args.max_latency_ms is not None:
+        env["SANDBOX_SERVING_MAX_LATENCY_MS"] = str(args.max_latency_ms)
+    return Server(server, command, env, log_path, REPO), base
+
+
+def feed_metrics(base: str) -> dict[str, float]:
+    """``sandbox_monitor_feed_records_total`` by outcome, from the service's /metrics."""
+    out: dict[str, float] = {}
+    with contextlib.suppress(httpx.HTTPError):
+        text = httpx.get(base + "/metrics", timeout=10).text
+        for match in re.finditer(
+            r'^sandbox_monitor_feed_records_total\{[^}]*outcome="([^"]+)"[^}]*\}\s+(\S+)', text, re.M
+        ):
+            out[match.group(1)] = out.get(match.group(1), 0.0) + float(match.group(2))
+    return out
+
+
+def log_problems(path: Path, limit: int = 8) -> dict:
+    lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if LOG_PROBLEM.search(ln)]
+    distinct = list(dict.fromkeys(ln[:240] for ln in lines))
+    return {"count": len(lines), "examples": distinct[:limit]}
+
+
+def bench_server(server: str, args, tmp: Path, tracking_uri: str, bodies: dict, ingest) -> dict:
+    started = start_server(server, args, tmp, tracking_uri, ingest.server_port)
+    proc, base = started
+    try:
+        ready_path = "/ping" if server == BASELINE else "/readyz"
+        ready_s = proc.wait_ready(base + ready_path, args.startup_timeout)
+        console.print(f"[bold]{server}[/] ready after {ready_s:.1f}s on {base} (log {proc.log_path})")
+        url = base + ("/invocations" if server == BASELINE else "/predict")
+        for n, rows in bodies["rows"].items():  # smoke: the server answers one prediction per row
+            response = httpx.post(url, json=request_body(server, rows), timeout=60)
+            if response.status_code != 200 or answered_rows(server, response.json()) != n:
+                raise RuntimeError(
+                    f"{server} smoke request failed: {response.status_code} {response.text[:300]}"
+                )
+        cases = []
+        for n in args.rows_per_request:
+            for concurrency in args.concurrency:
+                body_path = bodies["paths"][(server == BASELINE, n)]
+                if args.warmup > 0:
+                    load(args.generator, url, body_path, concurrency, args.warmup, tmp)
+                others = OthersCpu()
+                result = load(args.generator, url, body_path, concurrency, args.duration, tmp)
+                result.update(
+                    others_cpu_pct=others.percent(),
+                    load_avg_1m=os.getloadavg()[0],
+                    server=server, concurrency=concurrency, rows=n,
+                    req_per_s=result["ok"] / result["seconds"] if result["seconds"] else 0.0,
+                    errors=result["non2xx"] + result["io_errors"],
+                )  # fmt: skip
+                console.print(
+                    f"  {server:<13} c={concurrency:<3} rows={n:<3} {result['req_per_s']:8.1f} req/s  "
+                    f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  errors {result['errors']}  "
+                    f"(other processes {result['others_cpu_pct']:.0f}% CPU)"
+                )
+                cases.append(result)
+        feed = None
+        if server == SERVICE_FEED:
+            time.sleep(3)  # let the last batches flush (flush interval 0.5 s, plus retries)
+            feed = {
+                "metrics": feed_metrics(base),
+                "ingest_posts": ingest.posts,
+                "ingest_records": ingest.records,
+            }
+        return {"server": server, "ready_s": round(ready_s, 1), "cases": cases, "feed": feed}
+    finally:
+        proc.stop()
+        problems = log_problems(proc.log_path)
+        if problems["count"]:
+            console.print(f"  [yellow]{server} log: {problems['count']} problem line(s)[/], e.g.")
+            for line in problems["examples"][:4]:
+                console.print(f"    {line}", markup=False)
+        args.log_problems[server] = problems
+
+
+# --- report ------------------------------------------------------------------------------------------
+
+
+def find(cases: list[dict], server: str, concurrency: int, rows: int) -> dict | None:
+    return next(
+        (c for c in cases if c["server"] == server and c["concurrency"] == concurrency and c["rows"] == rows),
+        None,
+    )
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a is not None and b else None
+
+
+def evaluate_targets(cases: list[dict]) -> dict:
+    targets: dict = {}
+    base16, base1 = find(cases, BASELINE, 16, 1), find(cases, BASELINE, 1, 1)
+    off16, on16 = find(cases, SERVICE, 16, 1), find(cases, SERVICE_FEED, 16, 1)
+    for server in (SERVICE, SERVICE_FEED):
+        svc16, svc1 = find(cases, server, 16, 1), find(cases, server, 1, 1)
+        suffix = "" if server == SERVICE else " (feed on)"
+        if base16 and svc16:
+            r = ratio(svc16["req_per_s"], base16["req_per_s"])
+            targets["a" + suffix] = {
+                "what": f"c=16 single-row: {server} req/s >= {TARGET_A_RATIO}x baseline and lower p99",
+                "req_per_s_ratio": r,
+                "p99_ms": [round(svc16["p99_ms"], 1), round(base16["p99_ms"], 1)],
+                "holds": bool(r is not None and r >= TARGET_A_RATIO and svc16["p99_ms"] < base16["p99_ms"]),
+            }
+        if base1 and svc1:
+            r = ratio(svc1["p50_ms"], base1["p50_ms"])
+            targets["b" + suffix] = {
+                "what": f"c=1 single-row: {server} p50 <= {TARGET_B_RATIO}x baseline p50",
+                "p50_ratio": r,
+                "p50_ms": [round(svc1["p50_ms"], 2), round(base1["p50_ms"], 2)],
+                "holds": bool(r is not None and r <= TARGET_B_RATIO),
+            }
+    if off16 and on16:
+        cost = 1 - on16["req_per_s"] / off16["req_per_s"] if off16["req_per_s"] else None
+        targets["c"] = {
+            "what": f"c=16 single-row: feed on costs < {TARGET_C_COST:.0%} req/s vs feed off",
+            "cost": None if cost is None else round(cost, 3),
+            "holds": bool(cost is not None and cost < TARGET_C_COST),
+        }
+    return targets
+
+
+def print_report(summary: dict) -> None:
+    out = Console(width=WIDTH)
+    s = summary["settings"]
+    table = Table(
+        title=f"serving, {s['workers']} workers, {s['duration_s']:.0f} s per case ({s['generator']}), "
+        f"max_batch_size={s['max_batch_size'] or 'default'}, max_latency_ms={s['max_latency_ms'] or 'default'}, "
+        f"OMP_NUM_THREADS={s['omp_threads'] or 'unset'}"
+    )
+    columns = ("server", "concurrency", "rows/request", "req/s", "p50 ms", "p99 ms", "errors", "vs baseline")
+    for column in (*columns, "others' CPU %"):
+        table.add_column(column, justify="left" if column == "server" else "right")
+    cases = summary["cases"]
+    for n in s["rows_per_request"]:
+        for concurrency in s["concurrency"]:
+            base = find(cases, BASELINE, concurrency, n)
+            for server in SERVERS:
+                case = find(cases, server, concurrency, n)
+                if case is None:
+                    continue
+                errors = str(case["errors"])
+                if case["errors"]:
+                    kinds = {**case["statuses"], **case["io_error_kinds"]}
+                    errors += " (" + ", ".join(f"{k}×{v}" for k, v in kinds.items()) + ")"
+                r = ratio(case["req_per_s"], base["req_per_s"] if base else None)
+                table.add_row(
+                    server, str(concurrency), str(n), f"{case['req_per_s']:.1f}", f"{case['p50_ms']:.1f}",
+                    f"{case['p99_ms']:.1f}", errors, "—" if r is None else f"{r:.2f}x",
+                    f"{case['others_cpu_pct']:.0f}",
+                )  # fmt: skip
+            table.add_section()
+    out.print(table)
+    out.print(
+        "req/s counts 2xx responses; latency covers every response; errors = non-2xx + I/O errors; "
+        f"others' CPU % = processes outside this benchmark during the case (of {os.cpu_count()}00%)"
+    )
+    for case, floor in summary["floor"].items():
+        out.print(
+            f"floor, {case}: predict_proba {floor['predict_ms']:.2f} ms, with the DataFrame built from the "
+            f"JSON rows {floor['frame_and_predict_ms']:.2f} ms (in-process, median of {floor['calls']})"
+        )
+    if summary.get("feed"):
+        feed = summary["feed"]
+        out.print(
+            f"monitor feed: /ingest got {feed['ingest_records']} records in {feed['ingest_posts']} POSTs; "
+            f"service counters {feed['metrics'] or '(not found in /metrics)'}"
+        )
+    for server, problems in summary["log_problems"].items():
+        if problems["count"]:
+            out.print(f"[yellow]{server} log: {problems['count']} problem line(s)[/]")
+            for line in problems["examples"]:
+                out.print(f"  {line}", markup=False)
+    for key, target in summary["targets"].items():
+        verdict = "[green]holds[/]" if target["holds"] else "[red]does NOT hold[/]"
+        details = {k: v for k, v in target.items() if k not in ("what", "holds")}
+        out.print(f"target {key}: {target['what']}: {verdict} {details}")
+    print(json.dumps(summary), flush=True)
+
+
+# --- main --------------------------------------------------------------------------------------------
+
+
+def int_list(text: str) -> list[int]:
+    values = [int(v) for v in text.split(",") if v.strip()]
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
+    return values
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Benchmark the BentoML serving service against `mlflow models serve` on the same model."
+    )
+    parser.add_argument("--duration", type=float, default=15, help="seconds measured per case (default 15)")
+    parser.add_argument(
+        "--warmup", type=float, default=3, help="warm-up seconds before each case (default 3)"
+    )
+    parser.add_argument("--concurrency", type=int_list, default=[1, 16], help="comma list (default 1,16)")
+    parser.add_argument(
+        "--rows-per-request",
+        type=int_list,
+        default=[1, 64],
+        help="comma list of rows per body (default 1,64)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=2, help="workers of both servers: --workers / SANDBOX_SERVING_WORKERS"
+    )
+    parser.add_argument(
+        "--max-batch-size", type=int, help="SANDBOX_SERVING_MAX_BATCH_SIZE for the service (default: its own)"
+    )
+    parser.add_argument(
+        "--max-latency-ms", type=int, help="SANDBOX_SERVING_MAX_LATENCY_MS for the service (default: its own)"
+    )
+    parser.add_argument(
+        "--omp-threads",
+        type=int,
+        help="OMP_NUM_THREADS for every server, baseline included (default: unset, one thread per core)",
+    )
+    parser.add_argument(
+        "--servers",
+        default=",".join(SERVERS),
+        help=f"comma list, a subset of {','.join(SERVERS)} (default all)",
+    )
+    parser.add_argument(
+        "--load-generator", choices=["auto", "wrk", "python"], default="auto",
+        help="wrk if installed (auto), else Python (asyncio + httpx)",
+    )  # fmt: skip
+    parser.add_argument("--n-rows", type=int, default=20_000, help="training rows (default 20000)")
+    parser.add_argument(
+        "--floor-calls", type=int, default=300, help="in-process predictions per floor median"
+    )
+    parser.add_argument("--startup-timeout", type=float, default=180, help="seconds to wait for each server")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (MLflow store, server logs)")
+    args = parser.parse_args()
+    args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    if unknown := set(args.servers) - set(SERVERS):
+        parser.error(f"unknown servers {sorted(unknown)}; choose from {', '.join(SERVERS)}")
+    args.servers = [s for s in SERVERS if s in args.servers]
+    if args.duration <= 0 or args.warmup < 0 or args.workers <= 0 or args.n_rows <= 0:
+        parser.error("--duration, --workers and --n-rows must be positive, --warmup not negative")
+    if args.load_generator == "wrk" and not shutil.which("wrk"):
+        parser.error("--load-generator wrk: wrk is not installed (apt-get install wrk), use auto or python")
+    args.generator = (
+        "wrk"
+        if args.load_generator == "wrk" or (args.load_generator == "auto" and shutil.which("wrk"))
+        else "python"
+    )
+    args.log_problems = {}
+    return args
+
+
+def on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the finally blocks: servers stopped, temp dir removed
+
+
+def main() -> None:
+    args = parse_args()
+    signal.signal(signal.SIGTERM, on_sigterm)
+    os.environ.update(QUIET_ENV)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    port = free_port()
+    tracking_uri = f"http://127.0.0.1:{port}"
+    mlflow_server = start_mlflow(tmp, port)
+    ingest = None
+    try:
+        ingest = IngestServer(free_port())
+        threading.Thread(target=ingest.serve_forever, name="ingest", daemon=True).start()
+        console.print(f"MLflow server pid {mlflow_server.proc.pid} on {tracking_uri} (state in {tmp})")
+        console.print(f"MLflow healthy after {mlflow_server.wait_ready(tracking_uri + '/health', 180):.1f}s")
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+        from services.serving.rows import EXAMPLE_ROW
+
+        trained = train_and_register(tracking_uri, args.n_rows)
+        console.print(f"trained + registered {MODEL_NAME} v{trained['version']} in {trained['seconds']:.1f}s")
+        pool = trained["rows64"]
+        rows = {
+            n: ([EXAMPLE_ROW] if n == 1 else [pool[i % len(pool)] for i in range(n)])
+            for n in args.rows_per_request
+        }
+        floor = measure_floor(rows, args.floor_calls)
+        console.print(f"floor: {json.dumps(floor)}")
+        paths = {}
+        for n, body_rows in rows.items():
+            for baseline in (True, False):
+                path = tmp / f"body-{'mlflow' if baseline else 'bentoml'}-{n}.json"
+                path.write_text(json.dumps(request_body(BASELINE if baseline else SERVICE, body_rows)))
+                paths[(baseline, n)] = path
+        bodies = {"rows": rows, "paths": paths}
+        results = [bench_server(server, args, tmp, tracking_uri, bodies, ingest) for server in args.servers]
+        cases = [case for result in results for case in result["cases"]]
+        summary = {
+            "settings": {
+                "workers": args.workers,
+                "max_batch_size": args.max_batch_size,
+                "max_latency_ms": args.max_latency_ms,
+                "omp_threads": args.omp_threads,
+                "duration_s": args.duration,
+                "warmup_s": args.warmup,
+                "concurrency": args.concurrency,
+                "rows_per_request": args.rows_per_request,
+                "generator": args.generator,
+                "cpus": os.cpu_count(),
+                "train_rows": args.n_rows,
+                "roc_auc": trained["roc_auc"],
+            },
+            "floor": floor,
+            "ready_s": {r["server"]: r["ready_s"] for r in results},
+            "cases": [
+                {k: round(v, 3) if isinstance(v, float) else v for k, v in case.items()} for case in cases
+            ],
+            "feed": next((r["feed"] for r in results if r["feed"]), None),
+            "log_problems": args.log_problems,
+            "targets": evaluate_targets(cases),
+        }
+        print_report(summary)
+    finally:
+        if ingest is not None:
+            ingest.shutdown()
+            ingest.server_close()
+        mlflow_server.stop()
+        if args.keep:
+            console.print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

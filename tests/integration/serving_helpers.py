@@ -1,0 +1,132 @@
+"""Helpers for the serving tests: register models in-process, a stand-in monitor, a served process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+
+from pipelines.data import generate_loans, load_breast_cancer_frame
+from pipelines.evaluate import evaluate_model
+from pipelines.features import LOAN_SCHEMA, breast_cancer_schema
+from pipelines.registry import log_and_register
+from pipelines.train import split, train_model
+
+VENV_BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[2]
+
+
+def register(tracking_uri: str, name: str, seed: int = 0, champion: bool = True, **hyperparams) -> str:
+    """Train on synthetic loans and register a version (the plain functions the pipeline wraps)."""
+    from mlflow.tracking import MlflowClient
+
+    train, holdout = split(generate_loans(3_000, seed=seed), LOAN_SCHEMA, seed=seed)
+    model = train_model(train, LOAN_SCHEMA, **hyperparams)
+    metrics = evaluate_model(model, holdout, LOAN_SCHEMA)
+    _, version = log_and_register(
+        tracking_uri, model, LOAN_SCHEMA, train, {"seed": seed}, metrics, name, "it"
+    )
+    if champion:
+        MlflowClient(tracking_uri).set_registered_model_alias(name, "champion", version)
+    return version
+
+
+def register_broken(tracking_uri: str, name: str) -> str:
+    """A version that loads but cannot serve the loan schema (a breast-cancer model), made champion."""
+    from mlflow.tracking import MlflowClient
+
+    frame = load_breast_cancer_frame()
+    schema = breast_cancer_schema()
+    model = train_model(frame, schema, max_iter=5)
+    _, version = log_and_register(tracking_uri, model, schema, frame, {}, {}, name, "it")
+    MlflowClient(tracking_uri).set_registered_model_alias(name, "champion", version)
+    return version
+
+
+class MonitorStandIn:
+    """Records what serving POSTs to /ingest; can be told to be slow, to fail, or to be down.
+
+    (The real monitor is a later stage; this tests the feed's behaviour against each failure mode.)
+    """
+
+    def __init__(self, port: int):
+        self.port, self.records, self.mode = port, [], "ok"
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                if outer.mode == "slow":
+                    time.sleep(3)
+                if outer.mode == "fail":
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                outer.records.extend(json.loads(body)["records"])
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def start_serving(port: int, env: dict, log_path: Path) -> subprocess.Popen:
+    log = log_path.open("w")
+    return subprocess.Popen(
+        [str(VENV_BIN / "bentoml"), "serve", "services.serving.service:Serving", "--working-dir", str(REPO),
+         "--host", "127.0.0.1", "--port", str(port)],
+        env={**os.environ, "BENTOML_DO_NOT_TRACK": "True", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", **env},
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+
+
+def stop_process_group(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def wait_until(predicate, timeout: float = 60, interval: float = 0.5) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(interval)
+    return False
+
+
+def metric_value(metrics_text: str, name: str, **labels) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    total = 0.0
+    for line in metrics_text.splitlines():
+        if not line.startswith(name) or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        if head.split("{")[0] != name:
+            continue
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+    return total

@@ -1,0 +1,264 @@
+"""A real `bentoml serve` of the champion from a real MLflow server."""
+
+import json
+import re
+import subprocess
+import threading
+import time
+
+import httpx
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.data import generate_loans
+from pipelines.features import LOAN_SCHEMA
+from pipelines.scenarios import apply_scenario
+from pipelines.train import features_only
+from services.serving.model_store import example_rows
+from services.serving.rows import EXAMPLE_ROW
+from tests.conftest import free_port
+from tests.integration.serving_helpers import (
+    VENV_BIN,
+    MonitorStandIn,
+    metric_value,
+    register,
+    register_broken,
+    start_serving,
+    stop_process_group,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+MODEL = "serving-it"
+
+
+@pytest.fixture(scope="module")
+def monitor():
+    stand_in = MonitorStandIn(free_port())
+    yield stand_in
+    stand_in.stop()
+
+
+@pytest.fixture(scope="module")
+def serving(mlflow_server, monitor, tmp_path_factory):
+    port = free_port()
+    env = {
+        "SANDBOX_MLFLOW_TRACKING_URI": mlflow_server,
+        "SANDBOX_MODEL_NAME": MODEL,
+        "SANDBOX_SERVING_POLL_SECONDS": "1",
+        "SANDBOX_MONITOR_PORT": str(monitor.port),
+        "SANDBOX_FEED_FLUSH_SECONDS": "0.2",
+        "SANDBOX_FEED_MAX_RETRIES": "1",
+        "SANDBOX_FEED_TIMEOUT_SECONDS": "0.5",
+    }
+    log = tmp_path_factory.mktemp("serving") / "serving.log"
+    proc = start_serving(port, env, log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_until(lambda: httpx.get(f"{url}/livez", timeout=2).status_code == 200, timeout=180), (
+            log.read_text()
+        )
+        yield url
+    finally:
+        stop_process_group(proc)
+
+
+def post(url, payload, **kwargs):
+    return httpx.post(f"{url}/predict", json=payload, timeout=30, **kwargs)
+
+
+def rows_of(frame: pd.DataFrame) -> list[dict]:
+    return example_rows(frame[LOAN_SCHEMA.names])
+
+
+def test_not_ready_until_a_champion_exists(serving):
+    assert httpx.get(f"{serving}/readyz").status_code == 503
+    response = post(serving, {"rows": [EXAMPLE_ROW]})
+    assert response.status_code == 503
+    assert "sandbox train" in response.json()["error"]
+    assert httpx.get(f"{serving}/model").status_code == 503
+
+
+@pytest.fixture(scope="module")
+def v1(serving, mlflow_server):
+    version = register(mlflow_server, MODEL, seed=1)
+    assert wait_until(lambda: httpx.get(f"{serving}/readyz").status_code == 200, timeout=60)
+    return version
+
+
+def test_predictions_match_the_registered_model(serving, v1, mlflow_server):
+    frame = apply_scenario(generate_loans(60, seed=9), "missing_values", 1.0)  # nulls go through too
+    answer = post(serving, {"rows": rows_of(frame)})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    mlflow.set_tracking_uri(mlflow_server)
+    model = mlflow.sklearn.load_model(f"models:/{MODEL}/{v1}")
+    expected = model.predict_proba(features_only(frame, LOAN_SCHEMA))[:, 1]
+    np.testing.assert_allclose([r["probability"] for r in body], expected, atol=1e-5)
+    assert [r["prediction"] for r in body] == [int(p >= 0.5) for p in expected]
+    assert {r["model_version"] for r in body} == {v1} and {r["model"] for r in body} == {MODEL}
+    assert len({r["request_id"] for r in body}) == len(frame)
+
+
+def test_model_endpoint_names_the_champion_and_its_example_is_accepted(serving, v1, mlflow_server):
+    info = httpx.get(f"{serving}/model").json()
+    assert info["name"] == MODEL and info["version"] == v1 and info["alias"] == "champion"
+    assert info["run_id"] == mlflow.tracking.MlflowClient(mlflow_server).get_model_version(MODEL, v1).run_id
+    assert info["loaded_at"] <= time.time()
+    response = post(serving, {"rows": info["input_example"]})
+    assert response.status_code == 200 and len(response.json()) == len(info["input_example"])
+
+
+def test_unseen_category_is_served(serving, v1):
+    response = post(serving, {"rows": [{**EXAMPLE_ROW, "region": "overseas"}]})
+    assert response.status_code == 200
+
+
+BAD_INPUTS = [
+    ("empty list", {"rows": []}, 400, "rows", "at least 1 item"),
+    ("too many rows", {"rows": [EXAMPLE_ROW] * 1001}, 400, "rows", "at most 1000"),
+    ("rows not a list", {"rows": "x"}, 400, "rows", "valid array"),
+    ("no rows field", {}, 400, "rows", "Field required"),
+    ("row is null", {"rows": [None]}, 400, "rows.0", "object"),
+    ("wrong type", {"rows": [{**EXAMPLE_ROW, "age": "old"}]}, 400, "rows.0.age", "valid integer"),
+    ("missing field", {"rows": [{k: v for k, v in EXAMPLE_ROW.items() if k != "income"}]}, 400, "rows.0.income", "Field required"),
+    ("out of range", {"rows": [{**EXAMPLE_ROW, "credit_score": 900}]}, 400, "rows.0.credit_score", "less than or equal to 850"),
+    ("unknown field", {"rows": [{**EXAMPLE_ROW, "salary": 1}]}, 400, "rows.0.salary", "Extra inputs"),
+    ("empty category", {"rows": [{**EXAMPLE_ROW, "region": ""}]}, 400, "rows.0.region", "at least 1 character"),
+    ("infinite number", {"rows": [{**EXAMPLE_ROW, "income": "Infinity"}]}, 400, "rows.0.income", "finite"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "payload", "status", "field", "message"), BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS]
+)
+def test_bad_input_gets_a_4xx_naming_the_problem(serving, v1, case, payload, status, field, message):
+    response = post(serving, payload)
+    assert response.status_code == status, response.text
+    details = response.json()["detail"]
+    assert any(".".join(map(str, d["loc"])) == field and message in d["msg"] for d in details), details
+
+
+def test_invalid_json_and_oversized_bodies(serving, v1):
+    broken = httpx.post(
+        f"{serving}/predict", content=b'{"rows": [', headers={"content-type": "application/json"}
+    )
+    assert broken.status_code == 400 and "Invalid JSON" in broken.json()["detail"][0]["msg"]
+    big = b'{"rows": [' + b" " * (1_100_000) + b"]}"
+    declared = httpx.post(f"{serving}/predict", content=big, headers={"content-type": "application/json"})
+    assert declared.status_code == 413 and "exceeds 1048576 bytes" in declared.json()["error"]
+
+    def chunks():  # no Content-Length: the limit is enforced on the stream
+        for _ in range(12):
+            yield b" " * 100_000
+
+    streamed = httpx.post(
+        f"{serving}/predict", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert streamed.status_code == 413
+
+
+@pytest.mark.parametrize(
+    "content_type", ["multipart/form-data", "text/plain", "application/x-www-form-urlencoded"]
+)
+def test_non_json_bodies_are_415(serving, v1, content_type):
+    response = httpx.post(
+        f"{serving}/predict",
+        content=json.dumps({"rows": [EXAMPLE_ROW]}),
+        headers={"content-type": content_type},
+    )
+    assert response.status_code == 415 and "application/json" in response.json()["error"]
+
+
+def test_feed_delivers_every_served_row_to_the_monitor(serving, v1, monitor):
+    monitor.mode = "ok"
+    body = post(serving, {"rows": rows_of(generate_loans(25, seed=3))}).json()
+    ids = {r["request_id"] for r in body}
+    assert wait_until(lambda: ids <= {r["request_id"] for r in monitor.records}, timeout=20)
+    record = next(r for r in monitor.records if r["request_id"] in ids)
+    assert set(record) == {"request_id", "ts", "model_version", "features", "prediction", "probability"}
+    assert record["model_version"] == v1 and set(record["features"]) == set(LOAN_SCHEMA.names)
+    assert abs(record["ts"] - time.time()) < 60
+
+
+@pytest.mark.parametrize("mode", ["slow", "fail", "down"])
+def test_predictions_do_not_depend_on_the_monitor(serving, v1, monitor, mode):
+    before = httpx.get(f"{serving}/metrics").text
+    if mode == "down":
+        monitor.server.socket.close()  # connection refused from now on
+    monitor.mode = mode
+    latencies = []
+    for _ in range(20):
+        started = time.perf_counter()
+        assert post(serving, {"rows": [EXAMPLE_ROW]}).status_code == 200
+        latencies.append(time.perf_counter() - started)
+    # A slow monitor answers after 3 s; a prediction that waited for it would show it.
+    assert sorted(latencies)[len(latencies) // 2] < 1.0
+
+    def counted():
+        after = httpx.get(f"{serving}/metrics").text
+        name = "sandbox_monitor_feed_records_total"
+        return metric_value(after, name, outcome="dropped_undeliverable") > metric_value(
+            before, name, outcome="dropped_undeliverable"
+        ) and metric_value(after, name, outcome="retried") > metric_value(before, name, outcome="retried")
+
+    assert wait_until(counted, timeout=30), "undeliverable records must be counted, not silently lost"
+
+
+def test_swap_under_load_has_zero_failures_and_never_serves_a_broken_version(serving, v1, mlflow_server):
+    outcomes: list[tuple[int, str | None]] = []
+    stop = threading.Event()
+
+    def client():
+        with httpx.Client(timeout=30) as http:
+            while not stop.is_set():
+                response = http.post(f"{serving}/predict", json={"rows": [EXAMPLE_ROW]})
+                version = response.json()[0]["model_version"] if response.status_code == 200 else None
+                outcomes.append((response.status_code, version))
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        v2 = register(mlflow_server, MODEL, seed=2, max_iter=50)
+        assert wait_until(lambda: any(v == v2 for _, v in outcomes[-20:]), timeout=60), "v2 never served"
+        served_v2_from = len(outcomes)
+        broken = register_broken(mlflow_server, MODEL)
+        time.sleep(8)  # several polls of the alias while under load
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+
+    assert outcomes and all(status == 200 for status, _ in outcomes), [o for o in outcomes if o[0] != 200][:5]
+    versions = [v for _, v in outcomes]
+    assert set(versions) == {v1, v2}
+    first_v2 = versions.index(v2)
+    assert versions[:first_v2] == [v1] * first_v2  # the switch happens once and sticks
+    assert set(versions[served_v2_from:]) == {v2}, "the broken version must never be served"
+    assert httpx.get(f"{serving}/model").json()["version"] == v2
+    metrics = httpx.get(f"{serving}/metrics").text
+    assert metric_value(metrics, "sandbox_model_load_failures_total", model=MODEL) >= 1
+    assert metric_value(metrics, "sandbox_model_info", model=MODEL, version=v2) == 1
+    assert metric_value(metrics, "sandbox_model_info", model=MODEL, version=v1) == 0
+    assert broken not in versions
+
+
+def test_openapi_fuzzing_finds_no_server_error(serving, v1, tmp_path):
+    """schemathesis against BentoML's OpenAPI for /predict: no 5xx, responses match the documented schema."""
+    result = subprocess.run(
+        [
+            str(VENV_BIN / "st"), "run", f"{serving}/docs.json",
+            "--include-path", "/predict",
+            "--checks", "not_a_server_error,response_schema_conformance,content_type_conformance",
+            "--max-examples", "60", "--max-time", "90", "--request-timeout", "30",
+            "--suppress-health-check", "all",
+        ],
+        capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:]
+    generated = re.search(r"(\d+) generated", result.stdout)
+    assert generated and int(generated[1]) > 100, result.stdout[-2000:]
+    print(f"schemathesis: {generated[1]} cases, no failure")
