@@ -278,21 +278,40 @@ def compile_(
 
 
 @app.command()
-def demo(
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object at the end.")] = False,
-) -> None:
-    """The story so far: bring the stack up, train and register v1 (or a challenger), show the status."""
+def demo() -> None:
+    """The story so far: stack up, train and register a champion, serving picks it up, a prediction."""
+    import time
+
+    import httpx
+
     settings = Settings()
     console.rule("1. the stack")
-    up(local=True, timeout=120)
+    up(local=True, timeout=180)
     console.rule("2. train-and-register")
     train(
         source="synthetic", scenario="none", severity=1.0, n_rows=20_000, seed=0, csv_path=None,
-        learning_rate=0.1, max_iter=200, max_depth=6, as_json=as_json, local=True,
+        learning_rate=0.1, max_iter=200, max_depth=6, as_json=False, local=True,
     )  # fmt: skip
-    console.rule("3. status")
-    status(as_json=as_json, local=True)
-    console.print(f"MLflow UI: {settings.mlflow_uri}")
+    console.rule("3. serving picks up the champion")
+    champion = champion_summary(settings)
+    deadline = time.monotonic() + 60 + settings.serving_poll_seconds
+    served = None
+    with console.status("waiting for serving to load the champion..."):
+        while time.monotonic() < deadline:
+            served = served_model(settings)
+            if served and champion and served["version"] == champion["version"]:
+                break
+            time.sleep(1)
+        else:
+            fail(f"serving did not load the champion in time; see {settings.logs_dir / 'serving.log'}")
+    example = httpx.get(f"{settings.serving_url}/model", timeout=5).json()["input_example"][:3]
+    answer = httpx.post(f"{settings.serving_url}/predict", json={"rows": example}, timeout=30).json()
+    console.print(f"POST {settings.serving_url}/predict with 3 example rows ->")
+    for row in answer:
+        console.print(f"  default={row['prediction']}  P={row['probability']:.3f}  (v{row['model_version']})")
+    console.rule("4. status")
+    status(as_json=False, local=True)
+    console.print(f"MLflow UI: {settings.mlflow_uri}   API docs: {settings.serving_url}/docs")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import pytest
 
 from sandbox import local_stack
 from sandbox.settings import Settings
+from services.serving.rows import EXAMPLE_ROW
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
@@ -23,7 +24,14 @@ SANDBOX = str(Path(sys.executable).parent / "sandbox")
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     home = tmp_path_factory.mktemp("stack")
-    env = {**os.environ, "SANDBOX_HOME": str(home), "SANDBOX_MLFLOW_PORT": str(free_port())}
+    env = {
+        **os.environ,
+        "SANDBOX_HOME": str(home),
+        "SANDBOX_MLFLOW_PORT": str(free_port()),
+        "SANDBOX_SERVING_PORT": str(free_port()),
+        "SANDBOX_SERVING_POLL_SECONDS": "1",
+        "SANDBOX_MONITOR_FEED": "false",
+    }
     yield env
     subprocess.run([SANDBOX, "down"], env=env, timeout=60)
 
@@ -71,6 +79,22 @@ def test_train_through_the_cli(env):
     assert summary["metrics"]["roc_auc"] > 0.75
     status = json.loads(cli(env, "status", "--json").stdout)
     assert status["champion"]["version"] == summary["model_version"]
+
+
+def test_serving_in_the_stack_answers_sandbox_predict(env, tmp_path):
+    assert wait_for(
+        lambda: (json.loads(cli(env, "status", "--json").stdout).get("served") or {}).get("version") == "1"
+    )
+    rows = tmp_path / "rows.json"
+    rows.write_text(json.dumps([EXAMPLE_ROW, {**EXAMPLE_ROW, "credit_score": 420, "debt_to_income": 1.2}]))
+    result = cli(env, "predict", "--file", str(rows), "--json")
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert [r["model_version"] for r in answer] == ["1", "1"]
+    assert answer[1]["probability"] > answer[0]["probability"]  # a poor score and heavy debt look riskier
+    rows.write_text(json.dumps({"rows": [{**EXAMPLE_ROW, "age": "old"}]}))
+    bad = cli(env, "predict", "--file", str(rows))
+    assert bad.returncode == 1 and "rows.0.age" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_bad_parameters_give_a_clear_error_and_no_traceback(env, tmp_path):
@@ -122,7 +146,12 @@ def test_taken_port_is_named(env, tmp_path):
         blocker.bind(("127.0.0.1", 0))
         blocker.listen()
         port = blocker.getsockname()[1]
-        other = {**env, "SANDBOX_HOME": str(tmp_path / "other"), "SANDBOX_MLFLOW_PORT": str(port)}
+        other = {
+            **env,
+            "SANDBOX_HOME": str(tmp_path / "other"),
+            "SANDBOX_MLFLOW_PORT": str(port),
+            "SANDBOX_SERVING_PORT": str(free_port()),
+        }
         result = cli(other, "up", timeout=60)
     assert result.returncode == 1
     message = " ".join(result.stderr.split())
