@@ -1,0 +1,184 @@
+"""Durable store of inference records and their delayed labels (SQLite in WAL mode).
+
+Durability: WAL with ``synchronous=NORMAL`` means a COMMIT has been written to the
+WAL file (the OS has it) before it returns, but not fsync'ed. That survives a crash
+or ``kill -9`` of this process, which is what the ``/ingest`` acknowledgement
+promises; it does not survive a power loss or kernel crash (the last commits may
+roll back). Pass ``synchronous="FULL"`` to fsync every commit if that matters.
+
+Thread safety: one connection per thread (SQLite connections must not be shared
+while in use) and one lock around writes, so concurrent writers queue on the lock
+rather than spinning in SQLite's busy handler; readers never block writers in WAL.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+log = logging.getLogger("sandbox.monitor.store")
+
+META_COLUMNS = [
+    "request_id",
+    "ts",
+    "model_version",
+    "prediction",
+    "probability",
+    "label",
+    "received_at",
+]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    request_id TEXT PRIMARY KEY,
+    ts REAL NOT NULL,
+    model_version TEXT NOT NULL,
+    features TEXT NOT NULL,
+    prediction INTEGER NOT NULL,
+    probability REAL NOT NULL,
+    label INTEGER NULL,
+    received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_received_at ON records (received_at);
+"""
+
+
+class RecordStore:
+    def __init__(self, path: str | Path, synchronous: str = "NORMAL", busy_timeout_ms: int = 10_000):
+        if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"synchronous must be NORMAL, FULL or EXTRA (OFF is not durable), got {synchronous}")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.synchronous = synchronous.upper()
+        self.busy_timeout_ms = busy_timeout_ms
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self._closed = False
+        conn = self._conn()
+        conn.executescript(SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._closed:
+            raise RuntimeError("the record store is closed")
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is exactly one call.
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            conn.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
+            self._local.conn = conn
+            with self._connections_lock:
+                self._connections.append(conn)
+        return conn
+
+    def _write(self, work):
+        """Run ``work(conn)`` in one IMMEDIATE transaction; commit on success, roll back on any error."""
+        conn = self._conn()
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+    def insert_records(self, records: Iterable[dict], received_at: float | None = None) -> tuple[int, int]:
+        """Store records (the ``/ingest`` contract); a known ``request_id`` is ignored. Returns (inserted, duplicates)."""
+        now = time.time() if received_at is None else received_at
+        rows = [
+            (
+                r["request_id"],
+                float(r["ts"]),
+                str(r["model_version"]),
+                json.dumps(r["features"], separators=(",", ":")),
+                int(r["prediction"]),
+                float(r["probability"]),
+                now,
+            )
+            for r in records
+        ]
+        if not rows:
+            return 0, 0
+
+        def work(conn):
+            cursor = conn.executemany(
+                "INSERT OR IGNORE INTO records "
+                "(request_id, ts, model_version, features, prediction, probability, received_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            return cursor.rowcount  # executemany sums the changes; ignored rows add nothing
+
+        inserted = self._write(work)
+        return inserted, len(rows) - inserted
+
+    def set_labels(self, labels: Iterable[dict]) -> tuple[int, list[str]]:
+        """Attach ground truth by request id. Returns (updated, unknown request ids); unknown ids are not kept."""
+        pairs = [(int(item["label"]), item["request_id"]) for item in labels]
+
+        def work(conn):
+            updated, unknown = 0, []
+            for label, request_id in pairs:
+                if conn.execute("UPDATE records SET label = ? WHERE request_id = ?", (label, request_id)).rowcount:
+                    updated += 1
+                else:
+                    unknown.append(request_id)
+            return updated, unknown
+
+        return self._write(work) if pairs else (0, [])
+
+    def _select(self, where: str, params: tuple, max_rows: int) -> pd.DataFrame:
+        rows = self._conn().execute(
+            "SELECT request_id, ts, model_version, prediction, probability, label, received_at, features "
+            f"FROM records WHERE {where} ORDER BY received_at DESC, rowid DESC LIMIT ?",
+            (*params, int(max_rows)),
+        ).fetchall()
+        rows.reverse()  # oldest first, the latest row last
+        meta = pd.DataFrame([r[:7] for r in rows], columns=META_COLUMNS)
+        features = pd.DataFrame.from_records([json.loads(r[7]) for r in rows], index=meta.index)
+        # A feature that shares a name with a meta column would be ambiguous: the meta column wins.
+        features = features.drop(columns=[c for c in features.columns if c in META_COLUMNS])
+        return pd.concat([meta, features], axis=1)
+
+    def window(self, max_rows: int, max_age_seconds: float | None = None, now: float | None = None) -> pd.DataFrame:
+        """The latest ``max_rows`` records received in the last ``max_age_seconds`` (by arrival time).
+
+        Arrival time, not the client's ``ts``: the window is what the monitor saw recently, even
+        if a client replays old traffic or its clock is off.
+        """
+        since = -1.0 if max_age_seconds is None else (now or time.time()) - max_age_seconds
+        return self._select("received_at >= ?", (since,), max_rows)
+
+    def labelled(self, max_rows: int, max_age_seconds: float | None = None, now: float | None = None) -> pd.DataFrame:
+        """Like :meth:`window`, only records that have a label (for live quality)."""
+        since = -1.0 if max_age_seconds is None else (now or time.time()) - max_age_seconds
+        return self._select("received_at >= ? AND label IS NOT NULL", (since,), max_rows)
+
+    def counts(self) -> dict[str, int]:
+        total, labelled = self._conn().execute("SELECT COUNT(*), COUNT(label) FROM records").fetchone()
+        return {"records": int(total), "labelled": int(labelled)}
+
+    def ping(self) -> None:
+        self._conn().execute("SELECT 1 FROM records LIMIT 1").fetchall()
+
+    def close(self) -> None:
+        self._closed = True
+        with self._connections_lock:
+            for conn in self._connections:
+                try:
+                    conn.close()
+                except sqlite3.Error as exc:  # closing from another thread while it is mid-query
+                    log.debug("closing a store connection failed: %s", exc)
+            self._connections.clear()
