@@ -87,6 +87,17 @@ def programs(settings: Settings) -> list[Program]:
             # Alive is enough for the stack: readiness waits for a champion (`sandbox status` shows it).
             health_path="/livez",
         ),
+        Program(
+            name="monitor",
+            command=[
+                venv_bin("uvicorn"), "services.monitor.app:create_app", "--factory",
+                "--host", settings.host,
+                "--port", str(settings.monitor_port),
+                "--app-dir", str(REPO_ROOT),
+            ],
+            port=settings.monitor_port,
+            health_path="/healthz",
+        ),
     ]  # fmt: skip
 
 

@@ -53,6 +53,15 @@ class Settings(BaseSettings):
     feed_flush_seconds: float = 0.5
     feed_max_retries: int = 3
     feed_timeout_seconds: float = 2.0
+    # Drift monitor (services/monitor). The window needs >= monitor_min_rows rows of one model
+    # version before drift is judged (smaller windows raise false flags, see services/monitor/drift.py).
+    monitor_db_path: Path | None = None  # default: <home>/monitor/monitor.db
+    monitor_interval_seconds: float = 30.0
+    monitor_window_rows: int = 2_000
+    monitor_window_seconds: float = 3_600.0
+    monitor_min_rows: int = 1_000
+    monitor_min_labelled_rows: int = 30
+    monitor_max_body_bytes: int = 5_242_880
 
     @property
     def serving_url(self) -> str:

@@ -53,7 +53,9 @@ CREATE INDEX IF NOT EXISTS records_received_at ON records (received_at);
 class RecordStore:
     def __init__(self, path: str | Path, synchronous: str = "NORMAL", busy_timeout_ms: int = 10_000):
         if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
-            raise ValueError(f"synchronous must be NORMAL, FULL or EXTRA (OFF is not durable), got {synchronous}")
+            raise ValueError(
+                f"synchronous must be NORMAL, FULL or EXTRA (OFF is not durable), got {synchronous}"
+            )
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.synchronous = synchronous.upper()
@@ -131,7 +133,9 @@ class RecordStore:
         def work(conn):
             updated, unknown = 0, []
             for label, request_id in pairs:
-                if conn.execute("UPDATE records SET label = ? WHERE request_id = ?", (label, request_id)).rowcount:
+                if conn.execute(
+                    "UPDATE records SET label = ? WHERE request_id = ?", (label, request_id)
+                ).rowcount:
                     updated += 1
                 else:
                     unknown.append(request_id)
@@ -140,19 +144,27 @@ class RecordStore:
         return self._write(work) if pairs else (0, [])
 
     def _select(self, where: str, params: tuple, max_rows: int) -> pd.DataFrame:
-        rows = self._conn().execute(
-            "SELECT request_id, ts, model_version, prediction, probability, label, received_at, features "
-            f"FROM records WHERE {where} ORDER BY received_at DESC, rowid DESC LIMIT ?",
-            (*params, int(max_rows)),
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT request_id, ts, model_version, prediction, probability, label, received_at, features "
+                f"FROM records WHERE {where} ORDER BY received_at DESC, rowid DESC LIMIT ?",
+                (*params, int(max_rows)),
+            )
+            .fetchall()
+        )
         rows.reverse()  # oldest first, the latest row last
         meta = pd.DataFrame([r[:7] for r in rows], columns=META_COLUMNS)
+        if not rows:
+            return meta
         features = pd.DataFrame.from_records([json.loads(r[7]) for r in rows], index=meta.index)
         # A feature that shares a name with a meta column would be ambiguous: the meta column wins.
         features = features.drop(columns=[c for c in features.columns if c in META_COLUMNS])
         return pd.concat([meta, features], axis=1)
 
-    def window(self, max_rows: int, max_age_seconds: float | None = None, now: float | None = None) -> pd.DataFrame:
+    def window(
+        self, max_rows: int, max_age_seconds: float | None = None, now: float | None = None
+    ) -> pd.DataFrame:
         """The latest ``max_rows`` records received in the last ``max_age_seconds`` (by arrival time).
 
         Arrival time, not the client's ``ts``: the window is what the monitor saw recently, even
@@ -161,7 +173,9 @@ class RecordStore:
         since = -1.0 if max_age_seconds is None else (now or time.time()) - max_age_seconds
         return self._select("received_at >= ?", (since,), max_rows)
 
-    def labelled(self, max_rows: int, max_age_seconds: float | None = None, now: float | None = None) -> pd.DataFrame:
+    def labelled(
+        self, max_rows: int, max_age_seconds: float | None = None, now: float | None = None
+    ) -> pd.DataFrame:
         """Like :meth:`window`, only records that have a label (for live quality)."""
         since = -1.0 if max_age_seconds is None else (now or time.time()) - max_age_seconds
         return self._select("received_at >= ? AND label IS NOT NULL", (since,), max_rows)

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
@@ -30,7 +31,7 @@ def env(tmp_path_factory):
         "SANDBOX_MLFLOW_PORT": str(free_port()),
         "SANDBOX_SERVING_PORT": str(free_port()),
         "SANDBOX_SERVING_POLL_SECONDS": "1",
-        "SANDBOX_MONITOR_FEED": "false",
+        "SANDBOX_MONITOR_PORT": str(free_port()),
     }
     yield env
     subprocess.run([SANDBOX, "down"], env=env, timeout=60)
@@ -92,6 +93,8 @@ def test_serving_in_the_stack_answers_sandbox_predict(env, tmp_path):
     answer = json.loads(result.stdout)
     assert [r["model_version"] for r in answer] == ["1", "1"]
     assert answer[1]["probability"] > answer[0]["probability"]  # a poor score and heavy debt look riskier
+    monitor = f"http://127.0.0.1:{env['SANDBOX_MONITOR_PORT']}/api/status"
+    assert wait_for(lambda: httpx.get(monitor, timeout=5).json()["store"]["records"] >= 2, timeout=30)
     rows.write_text(json.dumps({"rows": [{**EXAMPLE_ROW, "age": "old"}]}))
     bad = cli(env, "predict", "--file", str(rows))
     assert bad.returncode == 1 and "rows.0.age" in bad.stderr and "Traceback" not in bad.stderr

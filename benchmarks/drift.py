@@ -1,0 +1,348 @@
+"""Benchmark the drift monitor: evaluation time (Evidently vs a NumPy/SciPy baseline) and ingest throughput.
+
+1. Evaluation: a 5,000-row reference (what the registry logs) against clean windows of 1k, 10k and
+   100k rows of the loan schema's 11 features, in the same run:
+   - ``evidently``: ``services.monitor.drift.evaluate_drift`` (DataDriftPreset over declared numeric and
+     categorical columns, plus the missing-share check), without the HTML; ``+html`` times it with
+     the HTML report rendered, as the monitor runs it;
+   - ``baseline``: per-column two-sample tests on NumPy arrays, no per-row Python: K-S
+     (``scipy.stats.ks_2samp``, asymptotic p-value) for numeric columns, chi-square on the contingency
+     table of category counts (``scipy.stats.chi2_contingency``) for categorical ones; drifted when p < 0.05.
+   Median wall time of ``--repeats`` runs after one warm-up (imports excluded), and the ratio.
+   The two do not use the same tests (Evidently picks distances above 1,000 reference rows), so the
+   flagged features on a covariate-shifted 10k window are printed too, as a sanity check.
+2. Ingest: a real monitor process (uvicorn, a temp SQLite store, evaluator idle) takes batches of
+   ``--batch`` unique records from ``--threads`` client threads for ``--seconds``; records/s counts
+   records acknowledged with 2xx (each answer comes after the commit), plus the batch latency.
+   The clients pre-encode the records, but share the machine's cores with the server.
+
+Targets: a 10k-row evaluation (Evidently, no HTML) < 1 s; ingest > 5,000 records/s.
+It prints rich tables, whether the targets hold, and one JSON line with everything (stdout; progress
+on stderr). Run from the repository root:
+
+    .venv/bin/python benchmarks/drift.py [--sizes 1000,10000,100000] [--repeats 3]
+        [--seconds 15] [--threads 4] [--batch 500] [--skip-eval] [--skip-ingest]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from pipelines.data import generate_loans
+from pipelines.features import LOAN_SCHEMA, FeatureSchema
+from pipelines.scenarios import apply_scenario
+from pipelines.train import features_only
+from services.monitor.drift import evaluate_drift, prepare
+
+REPO = Path(__file__).resolve().parent.parent
+
+TARGET_EVAL_SECONDS, TARGET_EVAL_ROWS = 1.0, 10_000
+TARGET_INGEST_PER_SECOND = 5_000
+err = Console(stderr=True)
+out = Console()
+
+
+# --- the baseline ----------------------------------------------------------------------------------
+
+
+def baseline_drift(
+    current: pd.DataFrame, reference: pd.DataFrame, schema: FeatureSchema, alpha: float = 0.05
+):
+    """Per-column p-values and flags: K-S for numeric, chi-square on category counts for categorical."""
+    from scipy.stats import chi2_contingency, ks_2samp
+
+    cur, ref = prepare(current, schema), prepare(reference, schema)
+    pvalues = {}
+    cur_num, ref_num = cur[schema.numeric].to_numpy(float), ref[schema.numeric].to_numpy(float)
+    for j, name in enumerate(schema.numeric):
+        a, b = ref_num[:, j], cur_num[:, j]
+        a, b = a[~np.isnan(a)], b[~np.isnan(b)]
+        pvalues[name] = float(ks_2samp(a, b, method="asymp").pvalue) if len(a) and len(b) else 0.0
+    for name in schema.categorical:
+        a, b = ref[name].dropna().to_numpy(str), cur[name].dropna().to_numpy(str)
+        categories, codes = np.unique(np.concatenate([a, b]), return_inverse=True)
+        table = np.vstack(
+            [
+                np.bincount(codes[: len(a)], minlength=len(categories)),
+                np.bincount(codes[len(a) :], minlength=len(categories)),
+            ]
+        )
+        table = table[:, table.sum(axis=0) > 0]
+        pvalues[name] = float(chi2_contingency(table)[1]) if table.shape[1] > 1 else 1.0
+    flags = {name: p < alpha for name, p in pvalues.items()}
+    return {"drift_share": sum(flags.values()) / len(flags), "pvalues": pvalues, "flags": flags}
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up: imports and caches
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_evaluation(sizes: list[int], repeats: int, reference_rows: int) -> dict:
+    reference = generate_loans(reference_rows, seed=1)
+    rows = []
+    for n in sizes:
+        current = generate_loans(n, seed=2)
+        err.print(f"[evaluation] {n:,} rows: evidently ...")
+        evidently_s = timed(
+            lambda c=current: evaluate_drift(c, reference, LOAN_SCHEMA, min_rows=1, render_html=False),
+            repeats,
+        )
+        start = time.perf_counter()
+        evaluate_drift(current, reference, LOAN_SCHEMA, min_rows=1, render_html=True)
+        html_s = time.perf_counter() - start
+        err.print(f"[evaluation] {n:,} rows: baseline ...")
+        baseline_s = timed(lambda c=current: baseline_drift(c, reference, LOAN_SCHEMA), repeats)
+        rows.append(
+            {
+                "rows": n,
+                "features": len(LOAN_SCHEMA.names),
+                "evidently_s": round(evidently_s, 4),
+                "evidently_with_html_s": round(html_s, 4),
+                "baseline_s": round(baseline_s, 4),
+                "ratio": round(evidently_s / baseline_s, 1),
+            }
+        )
+    std = {c: float(reference[c].std()) for c in ("credit_score", "debt_to_income")}
+    shifted = apply_scenario(generate_loans(10_000, seed=3), "covariate_shift", 1.0, reference_std=std)
+    ev = evaluate_drift(shifted, reference, LOAN_SCHEMA, min_rows=1, render_html=False)
+    base = baseline_drift(shifted, reference, LOAN_SCHEMA)
+    sanity = {
+        "evidently": sorted(ev.drifted_features),
+        "baseline": sorted(n for n, f in base["flags"].items() if f),
+        "evidently_methods": sorted({f.method for f in ev.features.values()}),
+    }
+    return {"reference_rows": reference_rows, "results": rows, "covariate_shift_10k_flagged": sanity}
+
+
+# --- ingest ----------------------------------------------------------------------------------------
+
+LAUNCH = (
+    "import uvicorn\n"
+    "from sandbox.settings import Settings\n"
+    "from services.monitor.app import MonitorConfig, create_app\n"
+    "app = create_app(Settings(), MonitorConfig(interval_seconds=3600))\n"
+    "uvicorn.run(app, host='127.0.0.1', port={port}, log_level='warning')\n"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def encoded_records(n: int) -> list[str]:
+    """Each record as JSON without its request_id, so a batch is built by string joins, not json.dumps."""
+    frame = features_only(generate_loans(n, seed=5), LOAN_SCHEMA)
+    rows = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
+    now = time.time()
+    return [
+        json.dumps({"ts": now, "model_version": "1", "features": row, "prediction": 0, "probability": 0.2})[
+            1:
+        ]
+        for row in rows
+    ]
+
+
+def bench_ingest(seconds: float, threads: int, batch: int, warmup: float) -> dict:
+    home = Path(tempfile.mkdtemp(prefix="bench-drift-"))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "SANDBOX_HOME": str(home),
+        "SANDBOX_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}",  # not needed: the evaluator is idle
+        "SANDBOX_ALERTMANAGER_PORT": str(free_port()),
+    }
+    log = (home / "monitor.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LAUNCH.format(port=port)],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"monitor did not start:\n{(home / 'monitor.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        err.print(f"[ingest] monitor up on {url}; {threads} threads x batches of {batch} for {seconds:.0f}s")
+        template = encoded_records(batch)
+        lock = threading.Lock()
+        state = {"acked": 0, "errors": 0, "latencies": [], "measuring": False}
+        stop = threading.Event()
+
+        def client():
+            with httpx.Client(timeout=30) as http:
+                while not stop.is_set():
+                    body = "[" + ",".join(f'{{"request_id":"{uuid.uuid4().hex}",{r}' for r in template) + "]"
+                    payload = ('{"records":' + body + "}").encode()
+                    start = time.perf_counter()
+                    try:
+                        response = http.post(
+                            f"{url}/ingest", content=payload, headers={"content-type": "application/json"}
+                        )
+                        ok = response.status_code < 300
+                    except httpx.HTTPError:
+                        ok = False
+                    elapsed = time.perf_counter() - start
+                    with lock:
+                        if state["measuring"]:
+                            if ok:
+                                state["acked"] += batch
+                                state["latencies"].append(elapsed)
+                            else:
+                                state["errors"] += 1
+
+        workers = [threading.Thread(target=client, daemon=True) for _ in range(threads)]
+        for w in workers:
+            w.start()
+        time.sleep(warmup)
+        with lock:
+            state["measuring"], started = True, time.perf_counter()
+        time.sleep(seconds)
+        with lock:
+            state["measuring"], elapsed = False, time.perf_counter() - started
+            acked, errors, latencies = state["acked"], state["errors"], sorted(state["latencies"])
+        stop.set()
+        for w in workers:
+            w.join(30)
+        stored = httpx.get(f"{url}/api/status", timeout=30).json()["store"]["records"]
+        return {
+            "threads": threads,
+            "batch": batch,
+            "seconds": round(elapsed, 2),
+            "acknowledged": acked,
+            "records_per_second": round(acked / elapsed),
+            "errors": errors,
+            "batch_p50_ms": round(1000 * latencies[len(latencies) // 2], 1) if latencies else None,
+            "batch_p99_ms": round(1000 * latencies[int(len(latencies) * 0.99)], 1) if latencies else None,
+            "stored_total": stored,
+        }
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+# --- report ----------------------------------------------------------------------------------------
+
+
+def parse_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from exc
+    if not sizes or min(sizes) <= 0:
+        raise argparse.ArgumentTypeError("sizes must be positive")
+    return sizes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", type=parse_sizes, default=[1_000, 10_000, 100_000], help="window rows")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per size (median shown)")
+    parser.add_argument("--reference-rows", type=int, default=5_000)
+    parser.add_argument("--seconds", type=float, default=15.0, help="ingest measurement duration")
+    parser.add_argument("--warmup", type=float, default=3.0, help="ingest warm-up before measuring")
+    parser.add_argument("--threads", type=int, default=4, help="ingest client threads")
+    parser.add_argument("--batch", type=int, default=500, help="records per /ingest call (at most 5000)")
+    parser.add_argument("--skip-eval", action="store_true")
+    parser.add_argument("--skip-ingest", action="store_true")
+    args = parser.parse_args()
+
+    report: dict = {"cpus": os.cpu_count(), "load_average": os.getloadavg()}
+    verdicts = []
+    if not args.skip_eval:
+        evaluation = report["evaluation"] = bench_evaluation(args.sizes, args.repeats, args.reference_rows)
+        table = Table(title=f"Drift evaluation, {evaluation['reference_rows']:,}-row reference, median s")
+        for column in ("rows", "features", "evidently", "evidently +html", "numpy/scipy", "ratio"):
+            table.add_column(column, justify="right")
+        for r in evaluation["results"]:
+            table.add_row(
+                f"{r['rows']:,}",
+                str(r["features"]),
+                f"{r['evidently_s']:.3f}",
+                f"{r['evidently_with_html_s']:.3f}",
+                f"{r['baseline_s']:.4f}",
+                f"{r['ratio']:.0f}x",
+            )
+        out.print(table)
+        out.print(f"covariate shift, 10k rows, flagged: {evaluation['covariate_shift_10k_flagged']}")
+        at_target = [r for r in evaluation["results"] if r["rows"] == TARGET_EVAL_ROWS]
+        if at_target:
+            holds = at_target[0]["evidently_s"] < TARGET_EVAL_SECONDS
+            verdicts.append(
+                (
+                    f"{TARGET_EVAL_ROWS:,}-row evaluation < {TARGET_EVAL_SECONDS:.0f} s",
+                    holds,
+                    at_target[0]["evidently_s"],
+                )
+            )
+    if not args.skip_ingest:
+        ingest = report["ingest"] = bench_ingest(args.seconds, args.threads, args.batch, args.warmup)
+        table = Table(title="Ingest into a real monitor process (2xx-acknowledged records)")
+        for column in ("threads", "batch", "records/s", "batch p50 ms", "batch p99 ms", "errors", "stored"):
+            table.add_column(column, justify="right")
+        table.add_row(
+            str(ingest["threads"]),
+            str(ingest["batch"]),
+            f"{ingest['records_per_second']:,}",
+            str(ingest["batch_p50_ms"]),
+            str(ingest["batch_p99_ms"]),
+            str(ingest["errors"]),
+            f"{ingest['stored_total']:,}",
+        )
+        out.print(table)
+        verdicts.append(
+            (
+                f"ingest > {TARGET_INGEST_PER_SECOND:,} records/s",
+                ingest["records_per_second"] > TARGET_INGEST_PER_SECOND,
+                ingest["records_per_second"],
+            )
+        )
+    for name, holds, value in verdicts:
+        out.print(f"target {name}: {'[green]holds[/]' if holds else '[red]does not hold[/]'} ({value})")
+    report["targets"] = {name: {"holds": holds, "value": value} for name, holds, value in verdicts}
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,295 @@
+"""A real monitor process (uvicorn) against a real MLflow server with a registered model."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+
+from pipelines.data import generate_loans
+from pipelines.features import LABEL, LOAN_SCHEMA
+from pipelines.scenarios import apply_scenario
+from pipelines.train import features_only
+from tests.conftest import free_port
+from tests.integration.serving_helpers import metric_value, register, stop_process_group, wait_until
+
+pytestmark = pytest.mark.integration
+MODEL = "monitor-it"
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+# A short interval for the test; windows as in production (see drift.py on why 1,000 rows).
+LAUNCH = (
+    "import uvicorn\n"
+    "from sandbox.settings import Settings\n"
+    "from services.monitor.app import MonitorConfig, create_app\n"
+    "app = create_app(Settings(), MonitorConfig(interval_seconds=1, window_rows=2000, min_rows=1000))\n"
+    "uvicorn.run(app, host='127.0.0.1', port={port}, log_level='info')\n"
+)
+
+
+def start_monitor(home: Path, mlflow_uri: str, port: int, factory_cli: bool = False) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "SANDBOX_HOME": str(home),
+        "SANDBOX_MLFLOW_TRACKING_URI": mlflow_uri,
+        "SANDBOX_MODEL_NAME": MODEL,
+        "SANDBOX_ALERTMANAGER_PORT": str(free_port()),  # nothing listens: the page says "unreachable"
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    }
+    if factory_cli:  # exactly how the stack runs it
+        cmd = [str(VENV_BIN / "uvicorn"), "services.monitor.app:create_app", "--factory"]
+        cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    else:
+        cmd = [sys.executable, "-c", LAUNCH.format(port=port)]
+    log = (home / f"monitor-{port}.log").open("a")
+    return subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, home: Path) -> None:
+    ok = wait_until(lambda: httpx.get(f"{url}/healthz", timeout=2).status_code == 200, timeout=240)
+    logs = "\n".join(p.read_text()[-3000:] for p in home.glob("monitor-*.log"))
+    assert ok and proc.poll() is None, logs
+
+
+def records_of(frame: pd.DataFrame, version: str, flip_every: int = 0) -> list[dict]:
+    """Inference records as serving sends them; the prediction is the label, flipped every ``flip_every``-th."""
+    features = features_only(frame, LOAN_SCHEMA)
+    rows = features.astype(object).where(features.notna(), None).to_dict(orient="records")
+    out = []
+    for i, (row, label) in enumerate(zip(rows, frame[LABEL].astype(int), strict=True)):
+        prediction = 1 - label if flip_every and i % flip_every == 0 else label
+        out.append(
+            {
+                "request_id": uuid.uuid4().hex,
+                "ts": time.time(),
+                "model_version": version,
+                "features": row,
+                "prediction": int(prediction),
+                "probability": 0.8 if prediction else 0.2,
+                "label": int(label),  # not part of the contract: the monitor ignores it, the test uses it
+            }
+        )
+    return out
+
+
+def ingest(url: str, records: list[dict], batch: int = 500) -> tuple[int, int]:
+    inserted = duplicates = 0
+    for start in range(0, len(records), batch):
+        response = httpx.post(f"{url}/ingest", json={"records": records[start : start + batch]}, timeout=60)
+        assert response.status_code == 200, response.text
+        inserted += response.json()["inserted"]
+        duplicates += response.json()["duplicates"]
+    return inserted, duplicates
+
+
+def counts(url: str) -> dict:
+    return httpx.get(f"{url}/api/status", timeout=30).json()["store"]
+
+
+@pytest.fixture(scope="module")
+def version(mlflow_server):
+    return register(mlflow_server, MODEL, seed=0)
+
+
+@pytest.fixture(scope="module")
+def monitor(mlflow_server, version, tmp_path_factory):
+    home = tmp_path_factory.mktemp("monitor")
+    port = free_port()
+    proc = start_monitor(home, mlflow_server, port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc, home)
+        yield url
+    finally:
+        stop_process_group(proc)
+
+
+def test_ingest_stores_once_per_request_id(monitor, version):
+    before = counts(monitor)["records"]
+    records = records_of(generate_loans(3, seed=1), version)
+    assert ingest(monitor, records) == (3, 0)
+    assert ingest(monitor, records + records[:1]) == (0, 4)
+    assert counts(monitor)["records"] == before + 3
+
+
+def test_labels_update_and_unknown_ids_are_listed(monitor):
+    records = records_of(
+        generate_loans(2, seed=2), "older"
+    )  # not the served version: kept out of its quality
+    ingest(monitor, records)
+    before = counts(monitor)["labelled"]
+    labels = [{"request_id": r["request_id"], "label": r["label"]} for r in records]
+    response = httpx.post(
+        f"{monitor}/labels", json={"labels": [*labels, {"request_id": "never-seen", "label": 1}]}
+    )
+    assert response.status_code == 200
+    assert response.json() == {"updated": 2, "unknown": ["never-seen"]}
+    assert counts(monitor)["labelled"] == before + 2
+
+
+def _valid(**changes) -> dict:
+    record = {k: v for k, v in records_of(generate_loans(1, seed=3), "1")[0].items() if k != "label"}
+    return {**record, **changes}
+
+
+def _chunked():
+    yield b'{"records": []}'
+
+
+BAD_INPUT = [
+    # name, path, httpx.post kwargs, status, words the reason must contain
+    ("garbage JSON", "/ingest", {"content": b'{"records": [', "headers": {"content-type": "application/json"}}, 422, "JSON"),
+    ("not an object", "/ingest", {"json": [1, 2]}, 422, "valid dictionary"),
+    ("no records key", "/ingest", {"json": {"rows": []}}, 422, "records"),
+    ("empty batch", "/ingest", {"json": {"records": []}}, 422, "at least 1"),
+    ("prediction a string", "/ingest", {"json": {"records": [_valid(prediction="1")]}}, 422, "prediction"),
+    ("prediction a bool", "/ingest", {"json": {"records": [_valid(prediction=True)]}}, 422, "prediction"),
+    ("ts a string", "/ingest", {"json": {"records": [_valid(ts="yesterday")]}}, 422, "ts"),
+    ("probability above 1", "/ingest", {"json": {"records": [_valid(probability=1.5)]}}, 422, "probability"),
+    ("features a list", "/ingest", {"json": {"records": [_valid(features=[1, 2])]}}, 422, "features"),
+    ("feature value an object", "/ingest", {"json": {"records": [_valid(features={"age": {"x": 1}})]}}, 422, "features"),
+    ("request_id a number", "/ingest", {"json": {"records": [_valid(request_id=7)]}}, 422, "request_id"),
+    ("one bad record spoils the batch", "/ingest", {"json": {"records": [_valid(), _valid(model_version=None)]}}, 422, "records.1.model_version"),
+    ("over 5,000 records", "/ingest", {"json": {"records": [_valid(request_id=str(i)) for i in range(5_001)]}}, 422, "at most 5000"),
+    ("body over 5 MiB", "/ingest", {"content": b" " * (5 * 1024 * 1024 + 1), "headers": {"content-type": "application/json"}}, 413, "limit"),
+    ("chunked body, no length", "/ingest", {"content": _chunked(), "headers": {"content-type": "application/json"}}, 411, "Content-Length"),
+    ("labels: all ids unknown", "/labels", {"json": {"labels": [{"request_id": "nobody", "label": 1}]}}, 422, "none of the 1"),
+    ("labels: label 2", "/labels", {"json": {"labels": [{"request_id": "x", "label": 2}]}}, 422, "label"),
+    ("labels: label a string", "/labels", {"json": {"labels": [{"request_id": "x", "label": "1"}]}}, 422, "label"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name,path,kwargs,status,reason", BAD_INPUT, ids=[case[0] for case in BAD_INPUT])
+def test_bad_input_is_refused_with_a_reason_and_nothing_stored(monitor, name, path, kwargs, status, reason):
+    before = counts(monitor)
+    response = httpx.post(f"{monitor}{path}", timeout=60, **kwargs)
+    assert response.status_code == status, response.text
+    assert reason in response.json()["error"], response.text
+    assert counts(monitor) == before
+
+
+def test_drift_gauges_follow_the_traffic(monitor, version, mlflow_server):
+    def metrics():
+        return httpx.get(f"{monitor}/metrics", timeout=10).text
+
+    def evaluated_after(t0):
+        return lambda: metric_value(metrics(), "sandbox_monitor_last_evaluation_timestamp_seconds") > t0
+
+    # Clean traffic: a full window of the served version, then the verdict is "no drift".
+    clean = records_of(generate_loans(2_000, seed=11), version, flip_every=4)
+    ingest(monitor, clean)
+    labels = [{"request_id": r["request_id"], "label": r["label"]} for r in clean[:100]]
+    assert httpx.post(f"{monitor}/labels", json={"labels": labels}).json()["updated"] == 100
+    t0 = time.time()
+    assert wait_until(evaluated_after(t0), timeout=240), httpx.get(f"{monitor}/api/status").text
+    text = metrics()
+    assert metric_value(text, "sandbox_monitor_verdict_sufficient") == 1
+    assert metric_value(text, "sandbox_monitor_window_rows") == 2_000
+    clean_share = metric_value(text, "sandbox_drift_share")
+    assert clean_share <= 1 / 11, httpx.get(f"{monitor}/api/status").text
+    # Predictions were the labels but for every 4th: live quality from the delayed labels.
+    assert metric_value(text, "sandbox_live_accuracy") == pytest.approx(0.75)
+    assert metric_value(text, "sandbox_monitor_labelled_rows") == 100
+
+    # An incident: shifted scores and debt, a new region, missing values -> most of the window drifts.
+    frame = generate_loans(2_000, seed=12)
+    for scenario in ("covariate_shift", "new_category", "missing_values"):
+        frame = apply_scenario(frame, scenario, 1.0, seed=12)
+    ingest(monitor, records_of(frame, version))
+    t1 = time.time()
+    assert wait_until(evaluated_after(t1), timeout=120)
+    text = metrics()
+    assert metric_value(text, "sandbox_drift_share") >= 5 / 11 - 1e-9 > clean_share
+    for feature in ("credit_score", "debt_to_income", "region", "income", "employment_years"):
+        assert metric_value(text, "sandbox_feature_drifted", feature=feature) == 1, feature
+    assert metric_value(text, "sandbox_feature_drifted", feature="age") == 0
+    assert metric_value(text, "sandbox_monitor_evaluation_duration_seconds") > 0
+
+    status = httpx.get(f"{monitor}/api/status").json()
+    assert status["drift"]["verdict"] == "drift" and status["drift"]["model_version"] == version
+    assert status["drift"]["features"]["region"]["drifted"] is True
+    assert status["models"]["champion"]["version"] == version
+    assert "roc_auc" in status["models"]["champion"]["metrics"]
+    assert status["history"][0]["verdict"] == "drift"
+    assert any(h["verdict"] == "no_drift" for h in status["history"])
+    report = httpx.get(f"{monitor}/reports/latest")
+    assert report.status_code == 200 and "html" in report.headers["content-type"]
+    page = httpx.get(f"{monitor}/")
+    assert page.status_code == 200 and "DRIFT" in page.text and "credit_score" in page.text
+
+    # A new version starts a fresh window: too few of its rows to judge, and no stale flags.
+    ingest(monitor, records_of(generate_loans(50, seed=13), "next"))
+    t2 = time.time()
+    assert wait_until(evaluated_after(t2), timeout=120)
+    text = metrics()
+    assert metric_value(text, "sandbox_monitor_verdict_sufficient") == 0
+    assert metric_value(text, "sandbox_feature_drifted") == 0  # no samples left
+    assert "sandbox_drift_share NaN" in text
+
+
+def test_every_acknowledged_record_survives_kill_9(mlflow_server, version, tmp_path):
+    home, port = tmp_path, free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start_monitor(home, mlflow_server, port, factory_cli=True)
+    restarted = None
+    try:
+        wait_healthy(url, proc, home)
+        acknowledged: list[dict] = []
+        lock, stop = threading.Lock(), threading.Event()
+        template = records_of(generate_loans(100, seed=21), version)
+
+        def stream():
+            with httpx.Client(timeout=10) as client:
+                while not stop.is_set():
+                    batch = [{**r, "request_id": uuid.uuid4().hex} for r in template]
+                    try:
+                        response = client.post(f"{url}/ingest", json={"records": batch})
+                    except httpx.HTTPError:
+                        return  # the server is gone
+                    if response.status_code == 200:
+                        with lock:
+                            acknowledged.extend(batch)
+
+        clients = [threading.Thread(target=stream) for _ in range(3)]
+        for c in clients:
+            c.start()
+        assert wait_until(lambda: len(acknowledged) >= 3_000, timeout=120, interval=0.05)
+        os.killpg(proc.pid, signal.SIGKILL)  # mid-stream: requests are in flight
+        proc.wait(10)
+        stop.set()
+        for c in clients:
+            c.join(30)
+        acked_ids = {r["request_id"] for r in acknowledged}
+        assert len(acked_ids) == len(acknowledged) >= 3_000
+
+        restarted = start_monitor(home, mlflow_server, port, factory_cli=True)
+        wait_healthy(url, restarted, home)
+        # Every acknowledged record is there: sending them again only finds duplicates.
+        for start in range(0, len(acknowledged), 5_000):
+            batch = [
+                {k: v for k, v in r.items() if k != "label"} for r in acknowledged[start : start + 5_000]
+            ]
+            response = httpx.post(f"{url}/ingest", json={"records": batch}, timeout=60)
+            assert response.status_code == 200 and response.json() == {
+                "inserted": 0,
+                "duplicates": len(batch),
+            }
+        # ... and exactly once in the database itself.
+        with sqlite3.connect(home / "monitor" / "monitor.db") as db:
+            stored = db.execute("SELECT request_id, COUNT(*) FROM records GROUP BY request_id").fetchall()
+        assert all(n == 1 for _, n in stored)
+        assert acked_ids <= {rid for rid, _ in stored}
+    finally:
+        for p in (proc, restarted):
+            if p is not None:
+                stop_process_group(p)
