@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -57,6 +58,46 @@ def venv_bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
+MONITORING = REPO_ROOT / "monitoring"
+
+
+def alertmanager_binary() -> str | None:
+    # Debian/Ubuntu name it prometheus-alertmanager; Homebrew and upstream, alertmanager.
+    return shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+
+
+def render_monitoring_config(settings: Settings) -> tuple[Path, Path]:
+    """Copies of monitoring/'s Prometheus and Alertmanager configs with this stack's ports and paths."""
+    import yaml
+
+    ports = {
+        "prometheus": settings.prometheus_port,
+        "alertmanager": settings.alertmanager_port,
+        "serving": settings.serving_port,
+        "monitor": settings.monitor_port,
+        "retrainer": settings.retrainer_port,
+    }
+    prometheus = yaml.safe_load((MONITORING / "prometheus" / "prometheus.yml").read_text())
+    prometheus["rule_files"] = [str(MONITORING / "prometheus" / "rules" / "*.yml")]
+    prometheus["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] = [
+        f"{settings.host}:{settings.alertmanager_port}"
+    ]
+    for job in prometheus["scrape_configs"]:
+        job["static_configs"][0]["targets"] = [f"{settings.host}:{ports[job['job_name']]}"]
+    alertmanager = yaml.safe_load((MONITORING / "alertmanager" / "alertmanager.yml").read_text())
+    for receiver in alertmanager["receivers"]:
+        for hook in receiver.get("webhook_configs", []):
+            hook["url"] = f"http://{settings.host}:{settings.retrainer_port}/alerts"
+    paths = (
+        settings.home / "prometheus" / "prometheus.yml",
+        settings.home / "alertmanager" / "alertmanager.yml",
+    )
+    for path, config in zip(paths, (prometheus, alertmanager), strict=True):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return paths
+
+
 def programs(settings: Settings) -> list[Program]:
     """The processes of the embedded stack; later stages add theirs here."""
     mlflow_dir = settings.mlflow_dir
@@ -98,7 +139,40 @@ def programs(settings: Settings) -> list[Program]:
             port=settings.monitor_port,
             health_path="/healthz",
         ),
-    ]  # fmt: skip
+    ] + monitoring_programs(settings)  # fmt: skip
+
+
+def monitoring_programs(settings: Settings) -> list[Program]:
+    """Real Prometheus and Alertmanager (Debian: apt install prometheus prometheus-alertmanager)."""
+    found = []
+    home = settings.home
+    if shutil.which("prometheus"):
+        found.append(Program(
+            name="prometheus",
+            command=[
+                shutil.which("prometheus"),
+                f"--config.file={home / 'prometheus' / 'prometheus.yml'}",
+                f"--storage.tsdb.path={home / 'prometheus' / 'data'}",
+                f"--web.listen-address={settings.host}:{settings.prometheus_port}",
+                "--storage.tsdb.retention.time=2d",
+            ],
+            port=settings.prometheus_port,
+            health_path="/-/ready",
+        ))  # fmt: skip
+    if alertmanager_binary():
+        found.append(Program(
+            name="alertmanager",
+            command=[
+                alertmanager_binary(),
+                f"--config.file={home / 'alertmanager' / 'alertmanager.yml'}",
+                f"--storage.path={home / 'alertmanager' / 'data'}",
+                f"--web.listen-address={settings.host}:{settings.alertmanager_port}",
+                "--cluster.listen-address=",  # one instance: no gossip port to collide with
+            ],
+            port=settings.alertmanager_port,
+            health_path="/-/ready",
+        ))  # fmt: skip
+    return found
 
 
 # --- paths -----------------------------------------------------------------------------------------
@@ -332,6 +406,7 @@ def up(
     progs = programs(settings)
     for path in (supervisor_dir(settings), settings.logs_dir, settings.mlflow_dir):
         path.mkdir(parents=True, exist_ok=True)
+    render_monitoring_config(settings)
     config_path(settings).write_text(render_config(settings, progs))
 
     if supervisord_running(settings):

@@ -22,17 +22,18 @@ pytestmark = pytest.mark.integration
 SANDBOX = str(Path(sys.executable).parent / "sandbox")
 
 
+SERVICES = ("mlflow", "serving", "monitor", "retrainer", "prometheus", "alertmanager")
+
+
+def stack_env(home) -> dict:
+    """A stack of its own: a state dir and a free port for every service."""
+    ports = {f"SANDBOX_{name.upper()}_PORT": str(free_port()) for name in SERVICES}
+    return {**os.environ, "SANDBOX_HOME": str(home), "SANDBOX_SERVING_POLL_SECONDS": "1", **ports}
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    home = tmp_path_factory.mktemp("stack")
-    env = {
-        **os.environ,
-        "SANDBOX_HOME": str(home),
-        "SANDBOX_MLFLOW_PORT": str(free_port()),
-        "SANDBOX_SERVING_PORT": str(free_port()),
-        "SANDBOX_SERVING_POLL_SECONDS": "1",
-        "SANDBOX_MONITOR_PORT": str(free_port()),
-    }
+    env = stack_env(tmp_path_factory.mktemp("stack"))
     yield env
     subprocess.run([SANDBOX, "down"], env=env, timeout=60)
 
@@ -123,6 +124,28 @@ def test_train_without_mlflow_says_to_start_the_stack(env):
     result = cli({**env, "SANDBOX_MLFLOW_PORT": str(free_port())}, "train")
     assert result.returncode == 1
     assert "sandbox up --local" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_prometheus_scrapes_the_stack_and_loads_the_rules(env):
+    prometheus = f"http://127.0.0.1:{env['SANDBOX_PROMETHEUS_PORT']}"
+
+    def scraped():
+        targets = httpx.get(f"{prometheus}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
+        return {t["labels"]["job"] for t in targets if t["health"] == "up"} >= {
+            "serving",
+            "monitor",
+            "alertmanager",
+        }
+
+    assert wait_for(scraped, timeout=60)
+    rules = httpx.get(f"{prometheus}/api/v1/rules", timeout=5).json()["data"]["groups"][0]["rules"]
+    assert {r["name"] for r in rules} >= {"DataDriftDetected", "ServingDown", "MonitorStale"}
+
+    def champion_is_scraped():
+        query = {"query": 'sandbox_model_info{job="serving"} == 1'}
+        return httpx.get(f"{prometheus}/api/v1/query", params=query, timeout=5).json()["data"]["result"]
+
+    assert wait_for(champion_is_scraped, timeout=60)
 
 
 def test_killed_mlflow_is_restarted(env):

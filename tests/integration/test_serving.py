@@ -244,6 +244,8 @@ def test_swap_under_load_has_zero_failures_and_never_serves_a_broken_version(ser
     assert metric_value(metrics, "sandbox_model_info", model=MODEL, version=v2) == 1
     assert metric_value(metrics, "sandbox_model_info", model=MODEL, version=v1) == 0
     assert broken not in versions
+    # What HighPredictionLatency reads (BentoML's own histogram, per endpoint).
+    assert 'bentoml_service_request_duration_seconds_bucket{endpoint="/predict"' in metrics
 
 
 def test_openapi_fuzzing_finds_no_server_error(serving, v1, tmp_path):

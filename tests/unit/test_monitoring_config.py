@@ -1,0 +1,95 @@
+"""The monitoring configs with the real promtool / amtool (installed by `make setup`)."""
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sandbox.local_stack import MONITORING, render_monitoring_config
+from sandbox.settings import REPO_ROOT, Settings
+
+RULES = MONITORING / "prometheus" / "rules" / "sandbox.yml"
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(
+            f"{name} is missing: run `make setup` (Debian: apt-get install prometheus prometheus-alertmanager)"
+        )
+    return path
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def test_promtool_unit_tests_of_every_rule():
+    output = run(
+        tool("promtool"), "test", "rules", str(MONITORING / "prometheus" / "tests" / "sandbox-test.yml")
+    )
+    assert "SUCCESS" in output.stdout
+    tested = set(
+        re.findall(
+            r"alertname: (\w+)", (MONITORING / "prometheus" / "tests" / "sandbox-test.yml").read_text()
+        )
+    )
+    alerts = {
+        rule["alert"] for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]
+    }
+    assert alerts == {
+        "DataDriftDetected",
+        "ModelQualityDegraded",
+        "ServingDown",
+        "HighPredictionLatency",
+        "MonitorStale",
+    }
+    assert tested == alerts, "every alert needs a promtool case"
+
+
+def test_every_alert_has_a_runbook():
+    for group in yaml.safe_load(RULES.read_text())["groups"]:
+        for rule in group["rules"]:
+            runbook = REPO_ROOT / rule["annotations"]["runbook"]
+            assert runbook.is_file(), runbook
+            text = runbook.read_text()
+            assert all(
+                section in text for section in ("## What it means", "## How to confirm", "## What to do")
+            )
+
+
+def test_rendered_configs_are_valid_and_use_the_configured_ports(tmp_path):
+    settings = Settings(home=tmp_path, serving_port=3111, retrainer_port=8111, alertmanager_port=9111)
+    prometheus, alertmanager = render_monitoring_config(settings)
+    run(tool("promtool"), "check", "config", str(prometheus))
+    run(tool("amtool"), "check-config", str(alertmanager))
+    config = yaml.safe_load(prometheus.read_text())
+    targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
+    assert targets["serving"] == ["127.0.0.1:3111"] and targets["retrainer"] == ["127.0.0.1:8111"]
+    assert "http://127.0.0.1:8111/alerts" in alertmanager.read_text()
+
+
+@pytest.mark.parametrize(
+    ("labels", "receiver"),
+    [
+        (["alertname=DataDriftDetected", "action=retrain"], "retrainer"),
+        (["alertname=ModelQualityDegraded", "action=retrain"], "retrainer"),
+        (["alertname=ServingDown", "severity=critical"], "default"),
+    ],
+)
+def test_alertmanager_routes_retrain_alerts_to_the_retrainer(labels, receiver):
+    config = str(MONITORING / "alertmanager" / "alertmanager.yml")
+    output = run(tool("amtool"), "config", "routes", "test", f"--config.file={config}", *labels)
+    assert output.stdout.strip() == receiver
+
+
+def test_every_sandbox_metric_a_rule_uses_is_exported_by_a_service():
+    used = set(re.findall(r"\b(sandbox_[a-z_]+)\b", RULES.read_text()))
+    source = "\n".join(p.read_text() for p in Path(REPO_ROOT / "services").rglob("*.py"))
+    missing = [name for name in used if f'"{name}"' not in source]
+    assert used and not missing, missing
