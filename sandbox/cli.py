@@ -194,6 +194,84 @@ def predict(
     console.print(table)
 
 
+def send_traffic(
+    rps, duration, scenario, severity, label_delay, rows_per_request, seed, as_json, incident=False
+):
+    from pipelines.data import DataError
+    from sandbox.traffic import as_dict, record_incident, run_traffic
+
+    settings = Settings()
+    progress = Progress(TextColumn("{task.description}"), TimeElapsedColumn(), console=err)
+    task = progress.add_task("starting...")
+
+    def show(summary) -> None:
+        failed = sum(summary.failed.values())
+        progress.update(
+            task,
+            description=f"{summary.scenario}: {summary.requests} requests, {summary.ok} ok, {failed} failed, "
+            f"{summary.labels_sent} labels, {summary.achieved_rps:.1f} req/s, versions {summary.versions}",
+        )
+
+    try:
+        with progress:
+            summary = run_traffic(
+                settings, rps, duration, scenario, severity, label_delay, rows_per_request, seed, show
+            )
+    except DataError as exc:
+        fail(str(exc))
+    if incident:
+        record_incident(settings, summary)
+    if as_json:
+        print(json.dumps(as_dict(summary)))
+        return
+    show(summary)
+    console.print(
+        f"{summary.requests} requests ({summary.rows} rows) in {summary.seconds:.1f}s = {summary.achieved_rps:.1f}/s; "
+        f"ok {summary.ok}, failed {summary.failed or 0}; labels sent {summary.labels_sent}; versions {summary.versions}"
+    )
+    if summary.ok == 0:
+        fail(
+            f"no request succeeded; is serving up and serving a model? (`sandbox status`, {settings.serving_url})"
+        )
+
+
+@app.command()
+def traffic(
+    rps: Annotated[float, typer.Option(help="Requests per second (at most 500).")] = 10,
+    duration: Annotated[float, typer.Option(help="Seconds to run (at most 3600).")] = 60,
+    scenario: Annotated[str, typer.Option(help="Drift scenario of the generated rows.")] = "none",
+    severity: Annotated[float, typer.Option(help="Scenario strength, 0..3.")] = 1.0,
+    label_delay: Annotated[
+        float | None, typer.Option(help="Send each row's true label to the monitor this many seconds later.")
+    ] = None,
+    rows_per_request: Annotated[int, typer.Option(help="Rows in each /predict request.")] = 1,
+    seed: Annotated[int, typer.Option(help="Random seed of the generated rows.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary at the end.")] = False,
+) -> None:
+    """Send generated loan applications to serving (and delayed labels to the monitor), loopback only."""
+    send_traffic(rps, duration, scenario, severity, label_delay, rows_per_request, seed, as_json)
+
+
+@app.command()
+def incident(
+    scenario: Annotated[
+        str,
+        typer.Argument(help="covariate_shift | new_category | missing_values | concept_drift | label_shift"),
+    ],
+    severity: Annotated[float, typer.Option(help="Scenario strength, 0..3.")] = 1.0,
+    rps: Annotated[float, typer.Option(help="Requests per second.")] = 20,
+    duration: Annotated[float, typer.Option(help="Seconds the incident lasts.")] = 120,
+    label_delay: Annotated[
+        float | None, typer.Option(help="Seconds until each row's true label arrives.")
+    ] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary at the end.")] = False,
+) -> None:
+    """Start a named incident: drifted traffic for a while, its start recorded in $SANDBOX_HOME/incidents.jsonl."""
+    if scenario == "none":
+        fail("an incident needs a drift scenario; for clean traffic use `sandbox traffic`")
+    send_traffic(rps, duration, scenario, severity, label_delay, 1, 7, as_json, incident=True)
+
+
 @app.command()
 def train(
     source: Annotated[str, typer.Option(help="synthetic | breast_cancer | csv")] = "synthetic",

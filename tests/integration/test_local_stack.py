@@ -101,6 +101,37 @@ def test_serving_in_the_stack_answers_sandbox_predict(env, tmp_path):
     assert bad.returncode == 1 and "rows.0.age" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_traffic_reaches_serving_and_labels_reach_the_monitor(env):
+    status = f"http://127.0.0.1:{env['SANDBOX_MONITOR_PORT']}/api/status"
+    before = httpx.get(status, timeout=5).json()["store"]
+    result = cli(
+        env,
+        "traffic",
+        "--rps",
+        "10",
+        "--duration",
+        "4",
+        "--label-delay",
+        "1",
+        "--scenario",
+        "new_category",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["ok"] == summary["requests"] > 5 and summary["failed"] == {}
+    assert summary["labels_sent"] == summary["rows"] and summary["versions"] == {"1": summary["rows"]}
+
+    def stored():
+        after = httpx.get(status, timeout=5).json()["store"]
+        return (
+            after["records"] - before["records"] == summary["rows"]
+            and after["labelled"] - before["labelled"] == summary["rows"]
+        )
+
+    assert wait_for(stored, timeout=30)
+
+
 def test_bad_parameters_give_a_clear_error_and_no_traceback(env, tmp_path):
     bad_csv = tmp_path / "bad.csv"
     bad_csv.write_text("a,b\n1,2\n")

@@ -1,0 +1,180 @@
+"""Replay generated loan applications to serving at a set rate, with delayed ground truth to the monitor.
+
+The rows come from the same generator and drift scenarios as training data, so an incident is a
+scenario switched on in live traffic. Bounded in rate and time, and loopback only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import httpx
+
+from pipelines.data import DataError, default_rule, generate_loans
+from pipelines.features import LABEL, LOAN_SCHEMA
+from pipelines.scenarios import apply_scenario, check_scenario
+from sandbox.settings import Settings
+
+MAX_RPS, MAX_DURATION_S = 500.0, 3600.0
+
+
+@dataclass
+class TrafficSummary:
+    scenario: str
+    severity: float
+    requests: int = 0
+    rows: int = 0
+    ok: int = 0
+    failed: dict[str, int] = field(default_factory=dict)
+    labels_sent: int = 0
+    labels_failed: int = 0
+    versions: dict[str, int] = field(default_factory=dict)
+    started_at: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def achieved_rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+
+def check_loopback(host: str) -> None:
+    if host == "localhost":
+        return
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise DataError(f"traffic goes to loopback addresses only; SANDBOX_HOST is {host!r}")
+
+
+def check_traffic(rps: float, duration: float, scenario: str, severity: float, rows_per_request: int) -> None:
+    if not 0 < rps <= MAX_RPS:
+        raise DataError(f"--rps must be in (0, {MAX_RPS:g}], got {rps}")
+    if not 0 < duration <= MAX_DURATION_S:
+        raise DataError(f"--duration must be in (0, {MAX_DURATION_S:g}] seconds, got {duration}")
+    if not 1 <= rows_per_request <= 1000:
+        raise DataError(f"--rows-per-request must be 1..1000, got {rows_per_request}")
+    check_scenario(scenario, severity)
+
+
+def rows_with_truth(
+    n: int, scenario: str, severity: float, seed: int, reference_std: dict
+) -> tuple[list, list]:
+    """``n`` request rows and their true labels under the scenario (the generator's rule, then the scenario's)."""
+    frame = apply_scenario(generate_loans(n, seed), scenario, severity, seed, reference_std=reference_std)
+    if scenario == "covariate_shift":  # the world changed, so the truth follows the rule on the new rows
+        import numpy as np
+
+        frame[LABEL] = default_rule(frame, np.random.default_rng(seed + 1))
+    features = frame[LOAN_SCHEMA.names].astype(object).where(frame[LOAN_SCHEMA.names].notna(), None)
+    rows = [
+        {k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}
+        for r in features.to_dict("records")
+    ]
+    return rows, frame[LABEL].astype(int).tolist()
+
+
+def run_traffic(
+    settings: Settings,
+    rps: float = 10,
+    duration: float = 60,
+    scenario: str = "none",
+    severity: float = 1.0,
+    label_delay: float | None = None,
+    rows_per_request: int = 1,
+    seed: int = 0,
+    on_progress: Callable[[TrafficSummary], None] = lambda summary: None,
+) -> TrafficSummary:
+    """Send ``rps`` requests/s for ``duration`` s; post each row's true label ``label_delay`` s later."""
+    check_traffic(rps, duration, scenario, severity, rows_per_request)
+    check_loopback(settings.host)
+    clean = generate_loans(5_000, seed=12345)
+    reference_std = {c: float(clean[c].std()) for c in LOAN_SCHEMA.numeric}
+    summary = TrafficSummary(scenario=scenario, severity=severity, started_at=time.time())
+    failed, versions = Counter(), Counter()
+    pending_labels: deque[tuple[float, list[dict]]] = deque()
+    batch_rows = max(rows_per_request, int(rps * rows_per_request))  # generate about a second at a time
+    buffer: list[tuple[dict, int]] = []
+    chunk = 0
+    start = time.monotonic()
+    with httpx.Client(timeout=10) as client:
+
+        def flush_labels(force: bool = False) -> None:
+            while pending_labels and (force or pending_labels[0][0] <= time.monotonic()):
+                _, labels = pending_labels.popleft()
+                try:
+                    response = client.post(f"{settings.monitor_url}/labels", json={"labels": labels})
+                    ok = response.status_code < 300
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    summary.labels_sent += len(labels)
+                else:
+                    summary.labels_failed += len(labels)
+
+        while (elapsed := time.monotonic() - start) < duration:
+            due = start + summary.requests / rps
+            if due > time.monotonic():
+                time.sleep(due - time.monotonic())
+            if len(buffer) < rows_per_request:
+                rows, truth = rows_with_truth(
+                    batch_rows, scenario, severity, seed * 100_003 + chunk, reference_std
+                )
+                buffer.extend(zip(rows, truth, strict=True))
+                chunk += 1
+            sent, buffer = buffer[:rows_per_request], buffer[rows_per_request:]
+            summary.requests += 1
+            summary.rows += len(sent)
+            try:
+                response = client.post(
+                    f"{settings.serving_url}/predict", json={"rows": [row for row, _ in sent]}
+                )
+                status = str(response.status_code)
+            except httpx.HTTPError as exc:
+                response, status = None, type(exc).__name__
+            if response is not None and response.status_code == 200:
+                summary.ok += 1
+                answer = response.json()
+                versions.update(r["model_version"] for r in answer)
+                if label_delay is not None:
+                    labels = [
+                        {"request_id": r["request_id"], "label": y}
+                        for r, (_, y) in zip(answer, sent, strict=True)
+                    ]
+                    pending_labels.append((time.monotonic() + label_delay, labels))
+            else:
+                failed[status] += 1
+            flush_labels()
+            if summary.requests % max(1, int(rps)) == 0:
+                summary.seconds = elapsed
+                summary.failed, summary.versions = dict(failed), dict(versions)
+                on_progress(summary)
+        # Labels due after the end are still delivered, within their delay.
+        if pending_labels:
+            time.sleep(max(0.0, pending_labels[-1][0] - time.monotonic()))
+        flush_labels(force=True)
+    summary.seconds = time.monotonic() - start
+    summary.failed, summary.versions = dict(failed), dict(versions)
+    return summary
+
+
+def record_incident(settings: Settings, summary: TrafficSummary) -> None:
+    """Append the incident's start to ``$SANDBOX_HOME/incidents.jsonl`` (time-to-detect starts here)."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    with (settings.home / "incidents.jsonl").open("a") as fh:
+        fh.write(
+            json.dumps(
+                {"scenario": summary.scenario, "severity": summary.severity, "started_at": summary.started_at}
+            )
+            + "\n"
+        )
+
+
+def as_dict(summary: TrafficSummary) -> dict:
+    return {**asdict(summary), "achieved_rps": round(summary.achieved_rps, 2)}

@@ -1,0 +1,51 @@
+import pytest
+
+from pipelines.data import DataError
+from pipelines.features import LOAN_SCHEMA
+from sandbox.traffic import check_loopback, check_traffic, rows_with_truth
+from services.serving.rows import LoanRow
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"rps": 0}, "--rps must be"),
+        ({"rps": 10_000}, "--rps must be"),
+        ({"duration": 0}, "--duration must be"),
+        ({"duration": 86_400}, "--duration must be"),
+        ({"rows_per_request": 0}, "--rows-per-request"),
+        ({"scenario": "flood"}, "unknown scenario"),
+    ],
+)
+def test_traffic_is_bounded(kwargs, message):
+    args = {"rps": 10, "duration": 10, "scenario": "none", "severity": 1.0, "rows_per_request": 1, **kwargs}
+    with pytest.raises(DataError, match=message):
+        check_traffic(**args)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "localhost", "::1"])
+def test_loopback_hosts_are_allowed(host):
+    check_loopback(host)
+
+
+@pytest.mark.parametrize("host", ["10.0.0.5", "192.168.1.1", "example.com", "8.8.8.8"])
+def test_other_hosts_are_refused(host):
+    with pytest.raises(DataError, match="loopback"):
+        check_loopback(host)
+
+
+@pytest.mark.parametrize(
+    "scenario", ["none", "covariate_shift", "new_category", "missing_values", "concept_drift"]
+)
+def test_generated_rows_are_valid_requests_with_truth(scenario):
+    rows, truth = rows_with_truth(
+        200, scenario, 1.0, seed=3, reference_std={"credit_score": 70.0, "debt_to_income": 0.17}
+    )
+    assert len(rows) == len(truth) == 200 and set(truth) == {0, 1}
+    for row in rows:
+        LoanRow(**row)  # what serving will accept
+    assert set(rows[0]) == set(LOAN_SCHEMA.names)
+    if scenario == "new_category":
+        assert any(r["region"] == "overseas" for r in rows)
+    if scenario == "missing_values":
+        assert any(r["income"] is None for r in rows)
