@@ -100,9 +100,18 @@ def status(
     healthy = {r["name"] for r in rows if r["healthy"]}
     champion = champion_summary(settings) if "mlflow" in healthy else None
     served = served_model(settings) if "serving" in healthy else None
+    alerts = firing_alerts(settings) if "alertmanager" in healthy else None
     if as_json:
         print(
-            json.dumps({"services": rows, "champion": champion, "served": served, "home": str(settings.home)})
+            json.dumps(
+                {
+                    "services": rows,
+                    "champion": champion,
+                    "served": served,
+                    "alerts": alerts,
+                    "home": str(settings.home),
+                }
+            )
         )
     else:
         print_status(rows)
@@ -115,6 +124,12 @@ def status(
             console.print("no champion yet: run [bold]sandbox train[/]")
         if served:
             console.print(f"serving: {served['name']} v{served['version']} at {settings.serving_url}/predict")
+        if alerts:
+            console.print(
+                "[bold red]firing:[/] " + ", ".join(f"{a['name']} ({a['summary']})" for a in alerts)
+            )
+        elif alerts is not None:
+            console.print("no alert firing")
     if not all(r["healthy"] for r in rows):
         raise typer.Exit(1)
 
@@ -147,6 +162,25 @@ def served_model(settings: Settings) -> dict | None:
     if response.status_code != 200:
         return None
     return {k: v for k, v in response.json().items() if k != "input_example"}
+
+
+def firing_alerts(settings: Settings) -> list[dict] | None:
+    import httpx
+
+    url = f"http://{settings.host}:{settings.alertmanager_port}/api/v2/alerts"
+    try:
+        response = httpx.get(url, params={"active": "true", "silenced": "false"}, timeout=3)
+        response.raise_for_status()
+    except httpx.HTTPError:
+        return None
+    return [
+        {
+            "name": a["labels"].get("alertname"),
+            "summary": a["annotations"].get("summary", ""),
+            "since": a.get("startsAt"),
+        }
+        for a in response.json()
+    ]
 
 
 @app.command()

@@ -81,6 +81,7 @@ def test_train_through_the_cli(env):
     assert summary["metrics"]["roc_auc"] > 0.75
     status = json.loads(cli(env, "status", "--json").stdout)
     assert status["champion"]["version"] == summary["model_version"]
+    assert status["alerts"] == [], "a clean stack fires nothing"
 
 
 def test_serving_in_the_stack_answers_sandbox_predict(env, tmp_path):
