@@ -136,11 +136,10 @@ class Server:
 
     def stop(self, timeout: float = 20) -> None:
         """SIGTERM the group, then SIGKILL the group and any descendant that left it."""
+        descendants: list[psutil.Process] = []
         if self.proc.poll() is None:
             with contextlib.suppress(psutil.Error):
                 descendants = psutil.Process(self.proc.pid).children(recursive=True)
-        else:
-            descendants = []
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -401,27 +400,35 @@ async def python_load(url: str, body: bytes, concurrency: int, seconds: float) -
 
 
 class OthersCpu:
-    """CPU seconds used by processes outside this benchmark's tree (other users of a shared machine)."""
+    """CPU used by everything outside this benchmark's process tree meanwhile (a shared machine's noise).
+
+    The machine's busy time (``psutil.cpu_times``) less this tree's: this process and its descendants,
+    each with the time of the children it has reaped, so a process that ended meanwhile still counts.
+    """
 
     def __init__(self) -> None:
-        self.wall, self.start = time.monotonic(), self.snapshot()
+        self.wall, self.busy, self.mine = time.monotonic(), self.machine_busy(), self.tree()
 
     @staticmethod
-    def snapshot() -> dict[tuple[int, float], float]:
+    def machine_busy() -> float:
+        t = psutil.cpu_times()
+        return sum(getattr(t, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq", "steal"))
+
+    @staticmethod
+    def tree() -> dict[tuple[int, float], float]:
+        me = psutil.Process()
         out = {}
-        for proc in psutil.process_iter(["create_time", "cpu_times"]):
-            times = proc.info["cpu_times"]
-            if times is not None and proc.info["create_time"] is not None:
-                out[(proc.pid, proc.info["create_time"])] = times.user + times.system
+        for proc in [me, *me.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                t = proc.cpu_times()
+                out[(proc.pid, proc.create_time())] = t.user + t.system + t.children_user + t.children_system
         return out
 
     def percent(self) -> float:
         """Their CPU since construction, in % of one core (so up to 100 x cores)."""
-        end, wall = self.snapshot(), time.monotonic() - self.wall
-        me = psutil.Process()
-        mine = {me.pid} | {child.pid for child in me.children(recursive=True)}
-        used = sum(t - self.start.get(key, 0.0) for key, t in end.items() if key[0] not in mine)
-        return 100 * used / wall if wall > 0 else 0.0
+        busy, mine, wall = self.machine_busy(), self.tree(), time.monotonic() - self.wall
+        used_by_me = sum(t - self.mine.get(key, 0.0) for key, t in mine.items())
+        return max(0.0, 100 * (busy - self.busy - used_by_me) / wall) if wall > 0 else 0.0
 
 
 def wait_quiet(max_cpu: float, timeout: float) -> float:
@@ -459,10 +466,12 @@ def answered_rows(server: str, payload) -> int:
     return len(payload)
 
 
-def start_server(server: str, args, tmp: Path, tracking_uri: str, ingest_port: int) -> tuple[Server, str]:
+def start_server(
+    server: str, args, tmp: Path, tracking_uri: str, ingest_port: int, round_no: int
+) -> tuple[Server, str]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    log_path = tmp / f"{server.replace('+', '-')}.log"
+    log_path = tmp / f"{server.replace('+', '-')}-{round_no}.log"
     threads = {"OMP_NUM_THREADS": str(args.omp_threads)} if args.omp_threads else {}
     if server == BASELINE:
         command = [
@@ -508,18 +517,35 @@ def feed_metrics(base: str) -> dict[str, float]:
 
 
 def log_problems(path: Path, limit: int = 8) -> dict:
-    lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if LOG_PROBLEM.search(ln)]
-    distinct = list(dict.fromkeys(ln[:240] for ln in lines))
-    return {"count": len(lines), "examples": distinct[:limit]}
+    """Problem lines in a server log, and the exception line that ends each traceback."""
+    lines = path.read_text(errors="replace").splitlines()
+    hits = [ln.strip() for ln in lines if LOG_PROBLEM.search(ln)]
+    raised = []
+    for i, line in enumerate(lines):
+        if "Traceback (most recent call last)" in line:
+            rest = (
+                ln for ln in lines[i + 1 :] if ln and not ln[0].isspace() and not ln.startswith("Traceback")
+            )
+            raised.append(next(rest, "").strip())
+    distinct = list(dict.fromkeys(ln[:240] for ln in hits))
+    return {
+        "count": len(hits),
+        "examples": distinct[:limit],
+        "exceptions": dict(Counter(r[:240] for r in raised if r).most_common(limit)),
+    }
 
 
-def bench_server(server: str, args, tmp: Path, tracking_uri: str, bodies: dict, ingest) -> dict:
-    started = start_server(server, args, tmp, tracking_uri, ingest.server_port)
-    proc, base = started
+def bench_server(
+    server: str, args, tmp: Path, tracking_uri: str, bodies: dict, ingest, round_no: int
+) -> dict:
+    """One fresh instance of ``server``: every case, ``--repeats`` runs each (all returned)."""
+    proc, base = start_server(server, args, tmp, tracking_uri, ingest.server_port, round_no)
     try:
         ready_path = "/ping" if server == BASELINE else "/readyz"
         ready_s = proc.wait_ready(base + ready_path, args.startup_timeout)
-        console.print(f"[bold]{server}[/] ready after {ready_s:.1f}s on {base} (log {proc.log_path})")
+        console.print(
+            f"[bold]{server}[/] (round {round_no}) ready after {ready_s:.1f}s on {base} (log {proc.log_path})"
+        )
         url = base + ("/invocations" if server == BASELINE else "/predict")
         for n, rows in bodies["rows"].items():  # smoke: the server answers one prediction per row
             response = httpx.post(url, json=request_body(server, rows), timeout=60)
@@ -533,7 +559,6 @@ def bench_server(server: str, args, tmp: Path, tracking_uri: str, bodies: dict, 
                 body_path = bodies["paths"][(server == BASELINE, n)]
                 if args.warmup > 0:
                     load(args.generator, url, body_path, concurrency, args.warmup, tmp)
-                runs = []
                 for _ in range(args.repeats):
                     waited = wait_quiet(args.quiet_cpu, args.quiet_timeout)
                     others = OthersCpu()
@@ -542,7 +567,7 @@ def bench_server(server: str, args, tmp: Path, tracking_uri: str, bodies: dict, 
                         others_cpu_pct=others.percent(),
                         load_avg_1m=os.getloadavg()[0],
                         waited_quiet_s=waited,
-                        server=server, concurrency=concurrency, rows=n,
+                        server=server, concurrency=concurrency, rows=n, round=round_no,
                         req_per_s=result["ok"] / result["seconds"] if result["seconds"] else 0.0,
                         errors=result["non2xx"] + result["io_errors"],
                     )  # fmt: skip
@@ -551,24 +576,11 @@ def bench_server(server: str, args, tmp: Path, tracking_uri: str, bodies: dict, 
                         f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  errors {result['errors']}  "
                         f"(other processes {result['others_cpu_pct']:.0f}% CPU)"
                     )
-                    runs.append(result)
-                # The run with the median req/s stands for the case (its own p50/p99 with it); all kept.
-                chosen = dict(sorted(runs, key=lambda r: r["req_per_s"])[len(runs) // 2])
-                if len(runs) > 1:
-                    chosen["repeats"] = [
-                        {k: round(r[k], 2) for k in ("req_per_s", "p50_ms", "p99_ms", "others_cpu_pct")}
-                        | {"errors": r["errors"]}
-                        for r in runs
-                    ]
-                cases.append(chosen)
+                    cases.append(result)
         feed = None
         if server == SERVICE_FEED:
             time.sleep(3)  # let the last batches flush (flush interval 0.5 s, plus retries)
-            feed = {
-                "metrics": feed_metrics(base),
-                "ingest_posts": ingest.posts,
-                "ingest_records": ingest.records,
-            }
+            feed = feed_metrics(base)
         return {"server": server, "ready_s": round(ready_s, 1), "cases": cases, "feed": feed}
     finally:
         proc.stop()
@@ -577,7 +589,24 @@ def bench_server(server: str, args, tmp: Path, tracking_uri: str, bodies: dict, 
             console.print(f"  [yellow]{server} log: {problems['count']} problem line(s)[/], e.g.")
             for line in problems["examples"][:4]:
                 console.print(f"    {line}", markup=False)
-        args.log_problems[server] = problems
+        merged = args.log_problems.setdefault(server, {"count": 0, "examples": [], "exceptions": {}})
+        merged["count"] += problems["count"]
+        merged["examples"] = list(dict.fromkeys(merged["examples"] + problems["examples"]))[:8]
+        for line, n in problems["exceptions"].items():
+            merged["exceptions"][line] = merged["exceptions"].get(line, 0) + n
+
+
+def representative(runs: list[dict]) -> dict:
+    """The run with the median req/s stands for its case (with its own p50/p99); all runs are listed."""
+    chosen = dict(sorted(runs, key=lambda r: r["req_per_s"])[len(runs) // 2])
+    if len(runs) > 1:
+        chosen["runs"] = [
+            {"round": r["round"]}
+            | {k: round(r[k], 2) for k in ("req_per_s", "p50_ms", "p99_ms", "others_cpu_pct")}
+            | {"errors": r["errors"]}
+            for r in runs
+        ]
+    return chosen
 
 
 # --- report ------------------------------------------------------------------------------------------
@@ -634,7 +663,11 @@ def print_report(summary: dict) -> None:
         title=f"serving, {s['workers']} workers, {s['duration_s']:.0f} s per case ({s['generator']}), "
         f"max_batch_size={s['max_batch_size'] or 'default'}, max_latency_ms={s['max_latency_ms'] or 'default'}, "
         f"OMP_NUM_THREADS={s['omp_threads'] or 'unset'}"
-        + (f", median of {s['repeats']} runs" if s["repeats"] > 1 else "")
+        + (
+            f", median of {s['rounds'] * s['repeats']} runs ({s['rounds']} instances x {s['repeats']})"
+            if s["rounds"] * s["repeats"] > 1
+            else ""
+        )
         + (f", service {s['service']}" if s["service"] != "services.serving.service:Serving" else "")
     )
     columns = ("server", "concurrency", "rows/request", "req/s", "p50 ms", "p99 ms", "errors", "vs baseline")
@@ -680,6 +713,8 @@ def print_report(summary: dict) -> None:
             out.print(f"[yellow]{server} log: {problems['count']} problem line(s)[/]")
             for line in problems["examples"]:
                 out.print(f"  {line}", markup=False)
+            for line, n in problems["exceptions"].items():
+                out.print(f"  raised {n}x: {line}", markup=False)
     for key, target in summary["targets"].items():
         verdict = "[green]holds[/]" if target["holds"] else "[red]does NOT hold[/]"
         details = {k: v for k, v in target.items() if k not in ("what", "holds")}
@@ -738,7 +773,10 @@ def parse_args() -> argparse.Namespace:
         help="working dir of bentoml serve (default: the repository)",
     )
     parser.add_argument(
-        "--repeats", type=int, default=1, help="measured runs per case; the median-req/s one is shown"
+        "--rounds", type=int, default=1, help="fresh instances of every server, interleaved (default 1)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="measured runs per case and instance (default 1)"
     )
     parser.add_argument(
         "--quiet-cpu", type=float, default=0,
@@ -767,8 +805,10 @@ def parse_args() -> argparse.Namespace:
     if unknown := set(args.servers) - set(SERVERS):
         parser.error(f"unknown servers {sorted(unknown)}; choose from {', '.join(SERVERS)}")
     args.servers = [s for s in SERVERS if s in args.servers]
-    if min(args.duration, args.workers, args.n_rows, args.repeats) <= 0 or args.warmup < 0:
-        parser.error("--duration, --workers, --n-rows and --repeats must be positive, --warmup not negative")
+    if min(args.duration, args.workers, args.n_rows, args.repeats, args.rounds) <= 0 or args.warmup < 0:
+        parser.error(
+            "--duration, --workers, --n-rows, --rounds, --repeats must be positive, --warmup not negative"
+        )
     if args.load_generator == "wrk" and not shutil.which("wrk"):
         parser.error("--load-generator wrk: wrk is not installed (apt-get install wrk), use auto or python")
     args.generator = (
@@ -797,7 +837,9 @@ def main() -> None:
         ingest = IngestServer(free_port())
         threading.Thread(target=ingest.serve_forever, name="ingest", daemon=True).start()
         console.print(f"MLflow server pid {mlflow_server.proc.pid} on {tracking_uri} (state in {tmp})")
-        console.print(f"MLflow healthy after {mlflow_server.wait_ready(tracking_uri + '/health', 180):.1f}s")
+        console.print(
+            f"MLflow healthy after {mlflow_server.wait_ready(tracking_uri + '/health', args.startup_timeout):.1f}s"
+        )
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
         from services.serving.rows import EXAMPLE_ROW
 
@@ -817,8 +859,22 @@ def main() -> None:
                 path.write_text(json.dumps(request_body(BASELINE if baseline else SERVICE, body_rows)))
                 paths[(baseline, n)] = path
         bodies = {"rows": rows, "paths": paths}
-        results = [bench_server(server, args, tmp, tracking_uri, bodies, ingest) for server in args.servers]
-        cases = [case for result in results for case in result["cases"]]
+        # Rounds interleave fresh instances (baseline, service, service+feed, baseline, ...): both the
+        # machine's noise and an instance's own luck (which worker got which connection) average out.
+        results = [
+            bench_server(server, args, tmp, tracking_uri, bodies, ingest, round_no)
+            for round_no in range(1, args.rounds + 1)
+            for server in args.servers
+        ]
+        grouped: dict[tuple, list[dict]] = {}
+        for result in results:
+            for run in result["cases"]:
+                grouped.setdefault((run["server"], run["concurrency"], run["rows"]), []).append(run)
+        cases = [representative(runs) for runs in grouped.values()]
+        feed_counts: dict[str, float] = {}
+        for result in results:
+            for outcome, n in (result["feed"] or {}).items():
+                feed_counts[outcome] = feed_counts.get(outcome, 0.0) + n
         summary = {
             "settings": {
                 "workers": args.workers,
@@ -826,6 +882,7 @@ def main() -> None:
                 "max_latency_ms": args.max_latency_ms,
                 "omp_threads": args.omp_threads,
                 "service": args.service,
+                "rounds": args.rounds,
                 "repeats": args.repeats,
                 "quiet_cpu": args.quiet_cpu,
                 "duration_s": args.duration,
@@ -838,11 +895,13 @@ def main() -> None:
                 "roc_auc": trained["roc_auc"],
             },
             "floor": floor,
-            "ready_s": {r["server"]: r["ready_s"] for r in results},
+            "ready_s": {s: [r["ready_s"] for r in results if r["server"] == s] for s in args.servers},
             "cases": [
                 {k: round(v, 3) if isinstance(v, float) else v for k, v in case.items()} for case in cases
             ],
-            "feed": next((r["feed"] for r in results if r["feed"]), None),
+            "feed": {"metrics": feed_counts, "ingest_posts": ingest.posts, "ingest_records": ingest.records}
+            if SERVICE_FEED in args.servers
+            else None,
             "log_problems": args.log_problems,
             "targets": evaluate_targets(cases),
         }
