@@ -32,13 +32,16 @@ Run from the repository root (about 10 minutes with the defaults; servers take 2
 
     .venv/bin/python benchmarks/serving.py [--duration 15] [--warmup 3] [--workers 2]
         [--max-batch-size N] [--max-latency-ms MS] [--omp-threads N] [--servers ...]
-        [--repeats N] [--quiet-cpu PCT] [--load-generator auto|wrk|python] [--keep]
+        [--rounds N] [--repeats N] [--quiet-cpu PCT] [--load-generator auto|wrk|python] [--keep]
 
 ``--workers`` and ``--omp-threads`` apply to the baseline and the service alike; ``--max-batch-size`` and
 ``--max-latency-ms`` are passed to the service as ``SANDBOX_SERVING_MAX_BATCH_SIZE`` / ``_MAX_LATENCY_MS``.
-On a shared machine, ``--repeats 3`` (median run shown) and ``--quiet-cpu 30`` (wait for other processes to
-calm down before each run) make the numbers steadier; ``--service module:Class --service-dir DIR`` measures
-a variant of the service instead of ``services.serving.service:Serving``.
+Numbers jump between two instances of the same server (keep-alive connections stick to the worker that
+accepted them: each run records the split, e.g. [13, 3]) and with other load on the machine (recorded as
+others' CPU): ``--rounds 3`` (fresh instances, interleaved; the median-req/s run is shown), ``--repeats``
+(runs per instance) and ``--quiet-cpu 30`` (wait for other processes to calm down) make them steadier.
+``--service module:Class --service-dir DIR`` measures a variant of the service instead of
+``services.serving.service:Serving``.
 """
 
 from __future__ import annotations
@@ -504,6 +507,27 @@ def start_server(
     return Server(server, command, env, log_path, args.service_dir), base
 
 
+def connection_split(server: Server, port: int) -> list[int]:
+    """Established connections to ``port`` held by each process of the server, largest first.
+
+    Workers share one listening socket and a keep-alive connection stays with the worker that
+    accepted it: 16 connections split 16/0 use one worker, 8/8 both. It explains run-to-run jumps.
+    """
+    counts = []
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(server.proc.pid)
+        for proc in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                n = sum(
+                    1
+                    for c in proc.net_connections(kind="tcp")
+                    if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port
+                )
+                if n:
+                    counts.append(n)
+    return sorted(counts, reverse=True)
+
+
 def feed_metrics(base: str) -> dict[str, float]:
     """``sandbox_monitor_feed_records_total`` by outcome, from the service's /metrics."""
     out: dict[str, float] = {}
@@ -562,8 +586,17 @@ def bench_server(
                 for _ in range(args.repeats):
                     waited = wait_quiet(args.quiet_cpu, args.quiet_timeout)
                     others = OthersCpu()
+                    split: list[int] = []
+                    sampler = threading.Timer(
+                        min(2.0, args.duration / 2),
+                        lambda out: out.extend(connection_split(proc, int(base.rsplit(":", 1)[1]))),
+                        args=(split,),
+                    )
+                    sampler.start()
                     result = load(args.generator, url, body_path, concurrency, args.duration, tmp)
+                    sampler.cancel()
                     result.update(
+                        connections_per_worker=split,
                         others_cpu_pct=others.percent(),
                         load_avg_1m=os.getloadavg()[0],
                         waited_quiet_s=waited,
@@ -574,7 +607,7 @@ def bench_server(
                     console.print(
                         f"  {server:<13} c={concurrency:<3} rows={n:<3} {result['req_per_s']:8.1f} req/s  "
                         f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  errors {result['errors']}  "
-                        f"(other processes {result['others_cpu_pct']:.0f}% CPU)"
+                        f"(other processes {result['others_cpu_pct']:.0f}% CPU, connections per worker {split})"
                     )
                     cases.append(result)
         feed = None
@@ -603,7 +636,7 @@ def representative(runs: list[dict]) -> dict:
         chosen["runs"] = [
             {"round": r["round"]}
             | {k: round(r[k], 2) for k in ("req_per_s", "p50_ms", "p99_ms", "others_cpu_pct")}
-            | {"errors": r["errors"]}
+            | {"errors": r["errors"], "connections_per_worker": r["connections_per_worker"]}
             for r in runs
         ]
     return chosen
