@@ -62,6 +62,22 @@ class Settings(BaseSettings):
     monitor_min_rows: int = 1_000
     monitor_min_labelled_rows: int = 30
     monitor_max_body_bytes: int = 5_242_880
+    # Retrainer (services/retrainer): an alert starts train-and-register at most once per cooldown,
+    # on the monitor's labelled production rows mixed with fresh reference-distribution rows.
+    retrain_cooldown_seconds: float = 600.0
+    retrain_production_rows: int = 5_000
+    retrain_min_production_rows: int = 200
+    retrain_reference_rows: int = 2_000
+    retrain_timeout_seconds: float = 900.0
+
+    # Cluster mode: where the Kubeflow Pipelines API answers (unset = embedded kfp.local runs).
+    kfp_host: str | None = None
+    kube_namespace: str = "mlops"
+    kube_context: str = "kind-mlops-sandbox"
+
+    @property
+    def retrainer_url(self) -> str:
+        return f"http://{self.host}:{self.retrainer_port}"
 
     @property
     def serving_url(self) -> str:
