@@ -21,19 +21,33 @@ component = dsl.component(base_image=PROJECT_IMAGE, packages_to_install=[], inst
 @component
 def load_data(
     data: Output[Dataset],
+    reference: Output[Dataset],
     source: str = "synthetic",
     scenario: str = "none",
     severity: float = 1.0,
     n_rows: int = 20000,
     seed: int = 0,
     csv_path: str = "",
+    monitor_url: str = "",
+    reference_rows: int = 2000,
+    min_production_rows: int = 200,
+    window_rows: int = 2000,
 ):
     from pipelines.data import load_data as load
+    from pipelines.production import production_data
     from pipelines.scenarios import apply_scenario
 
-    frame = apply_scenario(load(source, n_rows, seed, csv_path), scenario, severity, seed)
+    if source == "production":  # the retrainer: the monitor's records, by the mix rule in production.py
+        frame, drift_reference = production_data(
+            monitor_url, n_rows, min_production_rows, reference_rows, window_rows, seed
+        )
+    else:
+        frame = apply_scenario(load(source, n_rows, seed, csv_path), scenario, severity, seed)
+        drift_reference = frame
     frame.to_parquet(data.path, index=False)
+    drift_reference.to_parquet(reference.path, index=False)
     data.metadata.update({"rows": len(frame), "source": source, "scenario": scenario})
+    reference.metadata["rows"] = len(drift_reference)
 
 
 @component
@@ -117,6 +131,7 @@ def evaluate(
 def register(
     model: Input[Model],
     train_data: Input[Dataset],
+    reference_data: Input[Dataset],
     metrics: Input[Metrics],
     mlflow_uri: str,
     model_name: str,
@@ -124,6 +139,7 @@ def register(
     params_json: str,
     source: str = "synthetic",
     trigger: str = "manual",
+    trigger_info: str = "{}",
 ) -> NamedTuple("Registered", run_id=str, version=str):
     import json
     from collections import namedtuple
@@ -145,7 +161,12 @@ def register(
         metrics=scores,
         model_name=model_name,
         experiment=experiment,
-        tags={"trigger": trigger, "source": source},
+        tags={
+            "trigger": trigger,
+            "source": source,
+            **{f"trigger.{key}": str(value) for key, value in json.loads(trigger_info).items()},
+        },
+        reference_frame=pd.read_parquet(reference_data.path),
     )
     return namedtuple("Registered", ["run_id", "version"])(run_id, version)
 

@@ -28,10 +28,24 @@ def train_and_register(
     min_score: float = 0.7,
     tolerance: float = 0.01,
     trigger: str = "manual",
+    trigger_info: str = "{}",
+    monitor_url: str = "",
+    reference_rows: int = 2000,
+    min_production_rows: int = 200,
+    window_rows: int = 2000,
     params_json: str = "{}",
 ) -> str:
     data = c.load_data(
-        source=source, scenario=scenario, severity=severity, n_rows=n_rows, seed=seed, csv_path=csv_path
+        source=source,
+        scenario=scenario,
+        severity=severity,
+        n_rows=n_rows,
+        seed=seed,
+        csv_path=csv_path,
+        monitor_url=monitor_url,
+        reference_rows=reference_rows,
+        min_production_rows=min_production_rows,
+        window_rows=window_rows,
     ).set_display_name("load-data")
     split = c.validate_data(data=data.outputs["data"], source=source, seed=seed).set_display_name(
         "validate-data"
@@ -50,6 +64,7 @@ def train_and_register(
     registered = c.register(
         model=model.outputs["model"],
         train_data=split.outputs["train_data"],
+        reference_data=data.outputs["reference"],
         metrics=scores.outputs["metrics"],
         mlflow_uri=mlflow_uri,
         model_name=model_name,
@@ -57,6 +72,7 @@ def train_and_register(
         params_json=params_json,
         source=source,
         trigger=trigger,
+        trigger_info=trigger_info,
     ).set_display_name("register")
     decision = c.promote(
         version=registered.outputs["version"],
@@ -76,5 +92,5 @@ STEPS = ("load-data", "validate-data", "train", "evaluate", "register", "promote
 
 def params_record(arguments: dict) -> str:
     """The run's parameters as logged to MLflow (the registry sees what the pipeline was asked to do)."""
-    keep = {k: v for k, v in arguments.items() if k not in ("mlflow_uri", "params_json")}
+    keep = {k: v for k, v in arguments.items() if k not in ("mlflow_uri", "params_json", "trigger_info")}
     return json.dumps(keep, sort_keys=True)

@@ -97,8 +97,11 @@ def log_and_register(
     model_name: str,
     experiment: str,
     tags: dict[str, str] | None = None,
+    reference_frame: pd.DataFrame | None = None,
 ) -> tuple[str, str]:
     """One MLflow run with params, metrics, model (signature + input example) and the drift reference.
+
+    The drift reference is a sample of ``reference_frame`` (default: the training rows).
 
     Returns ``(run_id, version)``; the new version carries the ``challenger`` alias.
     """
@@ -111,7 +114,8 @@ def log_and_register(
     x = features_only(train_frame, schema)
     example = x.head(5)
     signature = infer_signature(example, model.predict_proba(example)[:, 1])
-    reference = train_frame.sample(n=min(REFERENCE_ROWS, len(train_frame)), random_state=0)
+    reference_frame = train_frame if reference_frame is None else reference_frame
+    reference = reference_frame.sample(n=min(REFERENCE_ROWS, len(reference_frame)), random_state=0)
     with mlflow.start_run(tags={"schema": schema.name, **(tags or {})}) as run:
         mlflow.log_params(params)
         mlflow.log_metrics(metrics)

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pipelines.pipeline import params_record, train_and_register
@@ -30,6 +35,65 @@ def run_local(arguments: dict, pipeline_root: str | Path) -> dict:
 
 
 RESULT_MARKER = "SANDBOX_RESULT "
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+STARTED = re.compile(r"^(\d\d:\d\d:\d\d\.\d+) - INFO - Executing task '([\w-]+)'")
+FINISHED = re.compile(r"^(\d\d:\d\d:\d\d\.\d+) - \w+ - Task '([\w-]+)' finished with status (\w+)")
+ERROR_LINE = re.compile(r"^\s*([\w.]*(?:Error|Exception)): (.+)$")
+
+
+class PipelineError(RuntimeError):
+    """The run failed; the message names the step, its first error and the full log."""
+
+
+def run_in_child(
+    arguments: dict,
+    pipeline_root: str | Path,
+    log_path: Path,
+    on_step: Callable[[str, str, float], None] = lambda step, state, seconds: None,
+    timeout: float | None = None,
+) -> dict:
+    """Run the pipeline embedded in a child process (``python -m pipelines.run``), following its steps.
+
+    ``on_step(step, state, seconds)`` sees each step start and finish. Returns the gate's result
+    plus ``step_seconds`` and ``log``; raises :class:`PipelineError` naming the failing step.
+    """
+    command = [sys.executable, "-m", "pipelines.run", json.dumps(arguments), str(pipeline_root)]
+    started: dict[str, float] = {}
+    states: dict[str, str] = {}
+    step_seconds: dict[str, float] = {}
+    result, error = None, None
+    deadline = None if timeout is None else time.monotonic() + timeout
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        log_path.open("w") as log,
+        subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        ) as proc,
+    ):
+        for raw in proc.stdout:
+            log.write(raw)
+            line = ANSI.sub("", raw.rstrip("\n"))
+            if line.startswith(RESULT_MARKER):
+                result = json.loads(line[len(RESULT_MARKER) :])
+            elif match := STARTED.match(line):
+                started[match[2]] = time.monotonic()
+                states[match[2]] = "running"
+                on_step(match[2], "running", 0.0)
+            elif match := FINISHED.match(line):
+                step = match[2]
+                step_seconds[step] = round(time.monotonic() - started.get(step, time.monotonic()), 2)
+                states[step] = match[3].lower()
+                on_step(step, match[3].lower(), step_seconds[step])
+            elif (match := ERROR_LINE.match(line)) and error is None:  # the step's own error, not the wrap-up
+                error = f"{match[1].rsplit('.', 1)[-1]}: {match[2]}"
+            if deadline is not None and time.monotonic() > deadline:
+                proc.kill()
+                error = f"timed out after {timeout:.0f}s"
+                break
+    if proc.returncode != 0 or result is None:
+        failed = next((step for step, state in states.items() if state != "success"), "pipeline")
+        raise PipelineError(f"step {failed!r} failed: {error or 'see the log'} (full log: {log_path})")
+    return {**result, "step_seconds": step_seconds, "log": str(log_path)}
 
 
 def main() -> None:

@@ -167,7 +167,7 @@ def served_model(settings: Settings) -> dict | None:
 def firing_alerts(settings: Settings) -> list[dict] | None:
     import httpx
 
-    url = f"http://{settings.host}:{settings.alertmanager_port}/api/v2/alerts"
+    url = f"{settings.alertmanager_url}/api/v2/alerts"
     try:
         response = httpx.get(url, params={"active": "true", "silenced": "false"}, timeout=3)
         response.raise_for_status()

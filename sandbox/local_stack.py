@@ -78,13 +78,18 @@ def render_monitoring_config(settings: Settings) -> tuple[Path, Path]:
         "retrainer": settings.retrainer_port,
     }
     prometheus = yaml.safe_load((MONITORING / "prometheus" / "prometheus.yml").read_text())
-    prometheus["rule_files"] = [str(MONITORING / "prometheus" / "rules" / "*.yml")]
+    prometheus["rule_files"] = [str(render_rules(settings))]
     prometheus["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] = [
         f"{settings.host}:{settings.alertmanager_port}"
     ]
     for job in prometheus["scrape_configs"]:
         job["static_configs"][0]["targets"] = [f"{settings.host}:{ports[job['job_name']]}"]
     alertmanager = yaml.safe_load((MONITORING / "alertmanager" / "alertmanager.yml").read_text())
+    for key in ("group_wait", "group_interval"):
+        if value := getattr(settings, f"alertmanager_{key}"):
+            alertmanager["route"][key] = value
+            for route in alertmanager["route"].get("routes", []):
+                route[key] = value
     for receiver in alertmanager["receivers"]:
         for hook in receiver.get("webhook_configs", []):
             hook["url"] = f"http://{settings.host}:{settings.retrainer_port}/alerts"
@@ -98,9 +103,45 @@ def render_monitoring_config(settings: Settings) -> tuple[Path, Path]:
     return paths
 
 
-def programs(settings: Settings) -> list[Program]:
-    """The processes of the embedded stack; later stages add theirs here."""
+def render_rules(settings: Settings) -> Path:
+    """The rule files as a glob: monitoring/'s own, or copies with ``alert_for_overrides`` applied."""
+    import yaml
+
+    source = MONITORING / "prometheus" / "rules"
+    if not settings.alert_for_overrides:
+        return source / "*.yml"
+    target = settings.home / "prometheus" / "rules"
+    target.mkdir(parents=True, exist_ok=True)
+    for path in sorted(source.glob("*.yml")):
+        rules = yaml.safe_load(path.read_text())
+        for group in rules["groups"]:
+            for rule in group["rules"]:
+                if rule.get("alert") in settings.alert_for_overrides:
+                    rule["for"] = settings.alert_for_overrides[rule["alert"]]
+        (target / path.name).write_text(yaml.safe_dump(rules, sort_keys=False))
+    return target / "*.yml"
+
+
+def config_digest(*paths: Path) -> str:
+    """A short digest of rendered config files: in a program's environment, a change restarts it."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in paths:
+        for file in sorted(path.rglob("*.yml")) if path.is_dir() else [path]:
+            if file.is_file():
+                digest.update(file.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def programs(settings: Settings, profile: dict[str, str] | None = None) -> list[Program]:
+    """The processes of the embedded stack.
+
+    ``profile``: ``SANDBOX_*`` settings for the services (the demo's short intervals). They are
+    written into the supervisord config, so ``up`` with another profile restarts what changed.
+    """
     mlflow_dir = settings.mlflow_dir
+    profile = dict(profile or {})
     return [
         Program(
             name="mlflow",
@@ -127,6 +168,8 @@ def programs(settings: Settings) -> list[Program]:
             port=settings.serving_port,
             # Alive is enough for the stack: readiness waits for a champion (`sandbox status` shows it).
             health_path="/livez",
+            # 2 cores, 2 workers: one native thread each, or BLAS/OpenMP threads fight over the cores.
+            env={"OMP_NUM_THREADS": "1", **profile},
         ),
         Program(
             name="monitor",
@@ -138,6 +181,19 @@ def programs(settings: Settings) -> list[Program]:
             ],
             port=settings.monitor_port,
             health_path="/healthz",
+            env=profile,
+        ),
+        Program(
+            name="retrainer",
+            command=[
+                venv_bin("uvicorn"), "services.retrainer.app:create_app", "--factory",
+                "--host", settings.host,
+                "--port", str(settings.retrainer_port),
+                "--app-dir", str(REPO_ROOT),
+            ],
+            port=settings.retrainer_port,
+            health_path="/healthz",
+            env=profile,
         ),
     ] + monitoring_programs(settings)  # fmt: skip
 
@@ -158,6 +214,7 @@ def monitoring_programs(settings: Settings) -> list[Program]:
             ],
             port=settings.prometheus_port,
             health_path="/-/ready",
+            env={"SANDBOX_CONFIG_DIGEST": config_digest(home / "prometheus")},
         ))  # fmt: skip
     if alertmanager_binary():
         found.append(Program(
@@ -171,6 +228,7 @@ def monitoring_programs(settings: Settings) -> list[Program]:
             ],
             port=settings.alertmanager_port,
             health_path="/-/ready",
+            env={"SANDBOX_CONFIG_DIGEST": config_digest(home / "alertmanager" / "alertmanager.yml")},
         ))  # fmt: skip
     return found
 
@@ -400,13 +458,20 @@ def wait_healthy(
 
 
 def up(
-    settings: Settings, timeout: float = 120, on_ready: Callable[[str], None] = lambda name: None
+    settings: Settings,
+    timeout: float = 120,
+    on_ready: Callable[[str], None] = lambda name: None,
+    profile: dict[str, str] | None = None,
 ) -> list[dict]:
-    """Start (or complete) the embedded stack and wait until every program is healthy."""
-    progs = programs(settings)
+    """Start (or complete) the embedded stack and wait until every program is healthy.
+
+    A running stack whose configuration changed (another ``profile``, other ports or alert
+    timings) has exactly the changed programs restarted.
+    """
     for path in (supervisor_dir(settings), settings.logs_dir, settings.mlflow_dir):
         path.mkdir(parents=True, exist_ok=True)
     render_monitoring_config(settings)
+    progs = programs(settings, profile)
     config_path(settings).write_text(render_config(settings, progs))
 
     if supervisord_running(settings):

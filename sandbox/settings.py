@@ -29,8 +29,11 @@ class Settings(BaseSettings):
     prometheus_port: int = 9090
     alertmanager_port: int = 9093
 
-    # Set to reach an MLflow that the local stack does not run (e.g. in the cluster).
+    # Set to reach services by another name than host:port (in the cluster: http://monitor.mlops:8001).
     mlflow_tracking_uri: str | None = None
+    monitor_base_url: str | None = None
+    alertmanager_base_url: str | None = None
+    retrainer_base_url: str | None = None
     model_name: str = "loan-default"
     experiment: str = "train-and-register"
 
@@ -70,6 +73,12 @@ class Settings(BaseSettings):
     retrain_reference_rows: int = 2_000
     retrain_timeout_seconds: float = 900.0
 
+    # Shorter alert `for:` durations ({"DataDriftDetected": "10s"}) and Alertmanager grouping, for
+    # the demo and tests; unset, monitoring/ is used as written.
+    alert_for_overrides: dict[str, str] = {}
+    alertmanager_group_wait: str | None = None
+    alertmanager_group_interval: str | None = None
+
     # Cluster mode: where the Kubeflow Pipelines API answers (unset = embedded kfp.local runs).
     kfp_host: str | None = None
     kube_namespace: str = "mlops"
@@ -77,7 +86,11 @@ class Settings(BaseSettings):
 
     @property
     def retrainer_url(self) -> str:
-        return f"http://{self.host}:{self.retrainer_port}"
+        return self.retrainer_base_url or f"http://{self.host}:{self.retrainer_port}"
+
+    @property
+    def alertmanager_url(self) -> str:
+        return self.alertmanager_base_url or f"http://{self.host}:{self.alertmanager_port}"
 
     @property
     def serving_url(self) -> str:
@@ -85,7 +98,7 @@ class Settings(BaseSettings):
 
     @property
     def monitor_url(self) -> str:
-        return f"http://{self.host}:{self.monitor_port}"
+        return self.monitor_base_url or f"http://{self.host}:{self.monitor_port}"
 
     @property
     def mlflow_uri(self) -> str:

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,20 +13,13 @@ import httpx
 
 from pipelines.data import SOURCES, DataError, load_csv
 from pipelines.features import schema_for_source
-from pipelines.run import RESULT_MARKER
+from pipelines.run import PipelineError, run_in_child
 from pipelines.scenarios import check_scenario
 from pipelines.train import DEFAULT_HYPERPARAMS
 from pipelines.validate import check_frame
 from sandbox.settings import Settings
 
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
-STARTED = re.compile(r"^(\d\d:\d\d:\d\d\.\d+) - INFO - Executing task '([\w-]+)'")
-FINISHED = re.compile(r"^(\d\d:\d\d:\d\d\.\d+) - \w+ - Task '([\w-]+)' finished with status (\w+)")
-ERROR_LINE = re.compile(r"^\s*([\w.]*(?:Error|Exception)): (.+)$")
-
-
-class TrainingError(RuntimeError):
-    pass
+TrainingError = PipelineError  # what the CLI catches: a step failed, the message says which
 
 
 @dataclass
@@ -42,6 +32,7 @@ class TrainRequest:
     csv_path: str = ""
     hyperparams: dict = field(default_factory=dict)
     trigger: str = "manual"
+    trigger_info: dict = field(default_factory=dict)  # tagged on the MLflow run as trigger.<key>
     model_name: str | None = None
 
     def arguments(self, settings: Settings) -> dict:
@@ -62,6 +53,11 @@ class TrainRequest:
             "min_score": settings.gate_min_score,
             "tolerance": settings.gate_tolerance,
             "trigger": self.trigger,
+            "trigger_info": json.dumps(self.trigger_info),
+            "monitor_url": settings.monitor_url,
+            "reference_rows": settings.retrain_reference_rows,
+            "min_production_rows": settings.retrain_min_production_rows,
+            "window_rows": settings.monitor_window_rows,
             **DEFAULT_HYPERPARAMS,
             **self.hyperparams,
         }
@@ -71,8 +67,8 @@ def check_request(request: TrainRequest) -> None:
     """Bad parameters fail here, before any step runs, with a message that names the problem."""
     if request.n_rows <= 0:
         raise DataError(f"--n-rows must be positive, got {request.n_rows}")
-    if request.source not in SOURCES:
-        raise DataError(f"unknown source {request.source!r}; choose one of {', '.join(SOURCES)}")
+    if request.source not in (*SOURCES, "production"):
+        raise DataError(f"unknown source {request.source!r}; choose one of {', '.join(SOURCES)}, production")
     check_scenario(request.scenario, request.severity)
     if request.source == "breast_cancer" and request.scenario != "none":
         raise DataError("drift scenarios apply to the loan schema; use --scenario none with breast_cancer")
@@ -100,45 +96,8 @@ def run_embedded(
     settings: Settings,
     on_step: Callable[[str, str, float], None] = lambda step, state, seconds: None,
 ) -> dict:
-    """Run the pipeline via kfp.local in a child process; ``on_step(step, state, seconds)`` follows it.
-
-    Returns the gate's result plus ``step_seconds`` and ``log``.
-    """
+    """Check the request, then run the pipeline via kfp.local in a child process (``run_in_child``)."""
     check_request(request)
     check_mlflow(settings)
-    settings.logs_dir.mkdir(parents=True, exist_ok=True)
     log_path = settings.logs_dir / f"train-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-    command = [
-        sys.executable, "-m", "pipelines.run",
-        json.dumps(request.arguments(settings)), str(settings.kfp_root),
-    ]  # fmt: skip
-    started: dict[str, float] = {}
-    states: dict[str, str] = {}
-    step_seconds: dict[str, float] = {}
-    result, error = None, None
-    with (
-        log_path.open("w") as log,
-        subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-        ) as proc,
-    ):
-        for raw in proc.stdout:
-            log.write(raw)
-            line = ANSI.sub("", raw.rstrip("\n"))
-            if line.startswith(RESULT_MARKER):
-                result = json.loads(line[len(RESULT_MARKER) :])
-            elif match := STARTED.match(line):
-                started[match[2]] = time.monotonic()
-                states[match[2]] = "running"
-                on_step(match[2], "running", 0.0)
-            elif match := FINISHED.match(line):
-                step = match[2]
-                step_seconds[step] = round(time.monotonic() - started.get(step, time.monotonic()), 2)
-                states[step] = match[3].lower()
-                on_step(step, match[3].lower(), step_seconds[step])
-            elif (match := ERROR_LINE.match(line)) and error is None:  # the step's own error, not the wrap-up
-                error = f"{match[1].rsplit('.', 1)[-1]}: {match[2]}"
-    if proc.returncode != 0 or result is None:
-        failed = next((step for step, state in states.items() if state != "success"), "pipeline")
-        raise TrainingError(f"step {failed!r} failed: {error or 'see the log'} (full log: {log_path})")
-    return {**result, "step_seconds": step_seconds, "log": str(log_path)}
+    return run_in_child(request.arguments(settings), settings.kfp_root, log_path, on_step)

@@ -13,6 +13,8 @@
   version that served the most recent record) against that version's reference sample
   from MLflow, updates the gauges on ``/metrics``, and writes the HTML report
   (``/reports/latest``). ``/api/status`` and ``/`` show it all; ``/healthz`` for probes.
+- ``GET /api/records?limit=N&labelled=true``: the latest stored records (the retrainer's
+  production data).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Annotated
 
 import httpx
-from fastapi import FastAPI
+from fastapi import FastAPI, Query
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
@@ -52,6 +54,7 @@ from services.monitor.store import RecordStore
 log = logging.getLogger("sandbox.monitor")
 
 MAX_ITEMS_PER_CALL = 5_000
+MAX_EXPORT_ROWS = 50_000
 HISTORY_KEYS = (
     "evaluated_at",
     "verdict",
@@ -341,7 +344,7 @@ class Monitor:
         return out
 
     def _alerts(self) -> list[dict] | None:
-        url = f"http://{self.settings.host}:{self.settings.alertmanager_port}/api/v2/alerts"
+        url = f"{self.settings.alertmanager_url}/api/v2/alerts"
         try:
             response = httpx.get(url, params={"active": "true"}, timeout=1.0)
             response.raise_for_status()
@@ -396,7 +399,7 @@ class Monitor:
             "mlflow": s.mlflow_uri,
             "serving_docs": f"{s.serving_url}/docs",
             "prometheus": f"http://{s.host}:{s.prometheus_port}",
-            "alertmanager": f"http://{s.host}:{s.alertmanager_port}",
+            "alertmanager": s.alertmanager_url,
             "report": "/reports/latest",
             "metrics": "/metrics",
             "status_json": "/api/status",
@@ -548,6 +551,17 @@ def create_app(settings: Settings | None = None, config: MonitorConfig | None = 
     @app.get("/api/status")
     def status() -> JSONResponse:
         return JSONResponse(monitor.status())
+
+    @app.get("/api/records")
+    def records(
+        limit: Annotated[int, Query(ge=1, le=MAX_EXPORT_ROWS)] = 5_000, labelled: bool = False
+    ) -> dict:
+        """The latest ``limit`` stored records, oldest first (``labelled=true``: only those with a label).
+
+        The retrainer's production data: what serving saw, with the ground truth that came back.
+        """
+        found = store.export(limit, labelled_only=labelled)
+        return {"count": len(found), "records": found}
 
     @app.get("/reports/latest")
     def latest_report():

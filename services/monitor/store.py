@@ -180,6 +180,24 @@ class RecordStore:
         since = -1.0 if max_age_seconds is None else (now or time.time()) - max_age_seconds
         return self._select("received_at >= ? AND label IS NOT NULL", (since,), max_rows)
 
+    def export(self, max_rows: int, labelled_only: bool = False) -> list[dict]:
+        """The latest ``max_rows`` records as stored (oldest first), for retraining on production data."""
+        where = "WHERE label IS NOT NULL " if labelled_only else ""
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT request_id, ts, model_version, features, prediction, probability, label, received_at "
+                f"FROM records {where}ORDER BY received_at DESC, rowid DESC LIMIT ?",
+                (int(max_rows),),
+            )
+            .fetchall()
+        )
+        keys = ("request_id", "ts", "model_version", "features", "prediction", "probability", "label")
+        out = [{**dict(zip(keys, r[:7], strict=True)), "received_at": r[7]} for r in reversed(rows)]
+        for record in out:
+            record["features"] = json.loads(record["features"])
+        return out
+
     def counts(self) -> dict[str, int]:
         total, labelled = self._conn().execute("SELECT COUNT(*), COUNT(label) FROM records").fetchone()
         return {"records": int(total), "labelled": int(labelled)}

@@ -1,0 +1,68 @@
+"""Production data for retraining: what serving saw, with the ground truth that came back.
+
+The mix rule (one place, documented in docs/retraining.md):
+
+- **training rows** = the latest ``n_rows`` *labelled* records the monitor holds, plus as many
+  fresh rows from the original (clean) distribution, capped at ``reference_rows``. Production
+  is never outnumbered, so the model learns the world as it is now; the clean rows keep it
+  sane if traffic swings back and fill in thin production data.
+- **drift reference** of the new version = the latest ``window_rows`` records served,
+  labelled or not: the new model's "normal" is today's traffic, so a shift that has been
+  retrained on stops counting as drift. (Taken when this step runs; a shift younger than the
+  window leaves a mixed reference, drift persists, and the alert retrains again after the
+  retrainer's cooldown.)
+- fewer than ``min_rows`` labelled records -> the run fails here, saying how to get labels.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pandas as pd
+
+from pipelines.data import DataError, generate_loans
+from pipelines.features import LABEL, LOAN_SCHEMA, FeatureSchema
+
+
+def fetch_records(monitor_url: str, limit: int, labelled: bool, timeout: float = 30.0) -> list[dict]:
+    """The latest ``limit`` records from the monitor's ``GET /api/records``."""
+    url = f"{monitor_url.rstrip('/')}/api/records"
+    try:
+        response = httpx.get(url, params={"limit": limit, "labelled": labelled}, timeout=timeout)
+        response.raise_for_status()
+        return response.json()["records"]
+    except (httpx.HTTPError, KeyError, ValueError) as exc:
+        raise DataError(
+            f"could not read production records from the monitor at {url}: {exc} "
+            "(is the monitor running? `sandbox status`)"
+        ) from exc
+
+
+def records_frame(records: list[dict], schema: FeatureSchema = LOAN_SCHEMA) -> pd.DataFrame:
+    """Records as a frame with the schema's columns (and the label where one came back)."""
+    frame = pd.DataFrame.from_records([r["features"] for r in records], columns=schema.names)
+    frame[schema.label] = pd.array([r.get("label") for r in records], dtype="Int64")
+    return frame
+
+
+def production_data(
+    monitor_url: str,
+    n_rows: int = 5_000,
+    min_rows: int = 200,
+    reference_rows: int = 2_000,
+    window_rows: int = 2_000,
+    seed: int = 0,
+    fetch=fetch_records,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(training rows, drift reference)`` by the mix rule in this module's docstring."""
+    labelled = records_frame(fetch(monitor_url, n_rows, True))
+    if len(labelled) < min_rows:
+        raise DataError(
+            f"only {len(labelled)} labelled production records at {monitor_url}; retraining needs "
+            f"at least {min_rows}: send traffic with labels (`sandbox traffic --label-delay 5`) "
+            "or lower SANDBOX_RETRAIN_MIN_PRODUCTION_ROWS"
+        )
+    labelled[LABEL] = labelled[LABEL].astype(int)
+    clean = generate_loans(min(reference_rows, len(labelled)), seed) if reference_rows > 0 else None
+    training = pd.concat([labelled, clean], ignore_index=True) if clean is not None else labelled
+    reference = records_frame(fetch(monitor_url, window_rows, False))
+    return training.sample(frac=1.0, random_state=seed).reset_index(drop=True), reference

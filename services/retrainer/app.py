@@ -1,0 +1,327 @@
+"""The retrainer (``uvicorn services.retrainer.app:create_app --factory --port 8002``).
+
+Alertmanager posts its webhook (payload version 4) to ``POST /alerts``. A firing alert with
+``action="retrain"`` starts ``train-and-register`` on production data (``source=production``:
+the monitor's labelled records mixed with clean rows, see pipelines/production.py), unless
+the policy in ``policy.py`` says skip (resolved, in progress, duplicate, cooldown). The run is
+tagged in MLflow with the alert that caused it (``trigger``, ``trigger.alertname``, ...); the
+gate in the pipeline decides whether the new version becomes champion.
+
+Embedded, the pipeline runs through kfp.local in a child process; with ``SANDBOX_KFP_HOST``
+set (the cluster), it is submitted to the Kubeflow Pipelines API.
+
+- ``POST /alerts`` -> 202 ``{"action": "trigger"|"skip", "reason", ...}``; a payload that is not
+  Alertmanager's is 422 with the reason. A skip is still 2xx: Alertmanager must not retry it.
+- ``GET /api/status``: running or idle, the last retrainings and their gate decisions.
+- ``GET /metrics``, ``GET /healthz``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from pydantic import BaseModel, Field
+
+from pipelines.train import DEFAULT_HYPERPARAMS
+from sandbox.settings import Settings
+from services.retrainer.policy import TRIGGER, alert_key, decide
+
+log = logging.getLogger("sandbox.retrainer")
+
+# The pipeline runner: (arguments, log path) -> the gate's result; raises on a failed run.
+Runner = Callable[[dict, Path], dict]
+
+
+# --- Alertmanager's webhook payload (version 4) ----------------------------------------------------
+
+
+class Alert(BaseModel):
+    status: Literal["firing", "resolved"]
+    labels: dict[str, str] = Field(min_length=1)
+    annotations: dict[str, str] = {}
+    startsAt: str  # noqa: N815 (Alertmanager's field names)
+    endsAt: str = ""  # noqa: N815
+    generatorURL: str = ""  # noqa: N815
+    fingerprint: str = ""
+
+
+class Notification(BaseModel):
+    version: str = "4"
+    groupKey: str = ""  # noqa: N815
+    status: Literal["firing", "resolved"]
+    receiver: str = ""
+    groupLabels: dict[str, str] = {}  # noqa: N815
+    commonLabels: dict[str, str] = {}  # noqa: N815
+    alerts: list[Alert] = Field(min_length=1, max_length=1000)
+
+
+# --- metrics ---------------------------------------------------------------------------------------
+
+
+class RetrainerMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.notifications = Counter(
+            "sandbox_retrain_notifications", "Alertmanager notifications received", ["status"], registry=r
+        )
+        self.triggers = Counter("sandbox_retrain_triggers", "Retrainings started by an alert", registry=r)
+        self.skips = Counter(
+            "sandbox_retrain_skips", "Notifications that started nothing, by reason", ["reason"], registry=r
+        )
+        self.failures = Counter("sandbox_retrain_failures", "Retrainings that failed to run", registry=r)
+        self.runs = Counter(
+            "sandbox_retrain_runs", "Finished retrainings by outcome (promoted/rejected/failed)", ["outcome"], registry=r
+        )  # fmt: skip
+        self.in_progress = Gauge("sandbox_retrain_in_progress", "1 while a retraining runs", registry=r)
+        self.last_success = Gauge(
+            "sandbox_retrain_last_success_timestamp_seconds",
+            "Unix time the last retraining finished (promoted or rejected)",
+            registry=r,
+        )
+        self.duration = Gauge(
+            "sandbox_retrain_last_duration_seconds", "Wall time of the last retraining", registry=r
+        )
+        for reason in ("resolved", "in_progress", "duplicate", "cooldown"):
+            self.skips.labels(reason)
+        for outcome in ("promoted", "rejected", "failed"):
+            self.runs.labels(outcome)
+
+
+# --- the retrainer ---------------------------------------------------------------------------------
+
+
+def retrain_arguments(settings: Settings, alert: dict, seed: int) -> dict:
+    """train-and-register's parameters for a retraining on production data, tagged with the alert."""
+    alertname = alert["labels"].get("alertname", "unknown")
+    return {
+        "mlflow_uri": settings.mlflow_uri,
+        "model_name": settings.model_name,
+        "experiment": settings.experiment,
+        "source": "production",
+        "n_rows": settings.retrain_production_rows,
+        "seed": seed,
+        "monitor_url": settings.monitor_url,
+        "reference_rows": settings.retrain_reference_rows,
+        "min_production_rows": settings.retrain_min_production_rows,
+        "window_rows": settings.monitor_window_rows,
+        "gate_metric": settings.gate_metric,
+        "min_score": settings.gate_min_score,
+        "tolerance": settings.gate_tolerance,
+        "trigger": f"alert:{alertname}",
+        "trigger_info": json.dumps(
+            {
+                "alertname": alertname,
+                "fingerprint": alert.get("fingerprint", ""),
+                "starts_at": alert.get("startsAt", ""),
+                "summary": alert.get("annotations", {}).get("summary", "")[:250],
+            }
+        ),
+        **DEFAULT_HYPERPARAMS,
+    }
+
+
+def local_runner(settings: Settings) -> Runner:
+    """kfp.local in a child process, the same way `sandbox train` runs it."""
+    from pipelines.run import run_in_child
+
+    def run(arguments: dict, log_path: Path) -> dict:
+        return run_in_child(arguments, settings.kfp_root, log_path, timeout=settings.retrain_timeout_seconds)
+
+    return run
+
+
+def cluster_runner(settings: Settings) -> Runner:
+    """The Kubeflow Pipelines API (``SANDBOX_KFP_HOST``): compile, submit, wait."""
+    from pipelines.remote import submit_and_wait
+
+    def run(arguments: dict, log_path: Path) -> dict:
+        return submit_and_wait(settings.kfp_host, arguments, timeout=settings.retrain_timeout_seconds)
+
+    return run
+
+
+class Retrainer:
+    def __init__(self, settings: Settings, runner: Runner, metrics: RetrainerMetrics):
+        self.settings, self.runner, self.metrics = settings, runner, metrics
+        self.lock = threading.Lock()
+        self.running: dict | None = None
+        self.last_trigger_at: float | None = None
+        self.recent_keys: dict[str, float] = {}
+        self.history: deque[dict] = deque(maxlen=50)
+        self.history_path = settings.home / "retrainer" / "history.jsonl"
+        self._threads: list[threading.Thread] = []
+        self._restore()
+
+    def _restore(self) -> None:
+        """The last retrainings from disk, so a restart keeps the cooldown and the story."""
+        if not self.history_path.is_file():
+            return
+        for line in self.history_path.read_text().splitlines()[-50:]:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            self.history.append(record)
+            self.last_trigger_at = max(self.last_trigger_at or 0.0, record.get("started_at", 0.0))
+            if record.get("alert_key"):
+                self.recent_keys[record["alert_key"]] = record["started_at"]
+
+    def _append(self, record: dict) -> None:
+        self.history_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.history_path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def handle(self, notification: dict) -> dict:
+        """Apply the policy; start a retraining in the background when it says so."""
+        now = time.time()
+        self.metrics.notifications.labels(notification["status"]).inc()
+        with self.lock:
+            decision = decide(
+                notification,
+                running=self.running is not None,
+                last_trigger_at=self.last_trigger_at,
+                recent_keys=self.recent_keys,
+                now=now,
+                cooldown_seconds=self.settings.retrain_cooldown_seconds,
+            )
+            alertname = (decision.alert or {}).get("labels", {}).get("alertname")
+            if decision.action != TRIGGER:
+                self.metrics.skips.labels(decision.reason).inc()
+                log.info(
+                    "skipped a %s notification (%s): %s", notification["status"], alertname, decision.reason
+                )
+                return {"action": decision.action, "reason": decision.reason, "alertname": alertname}
+            key = alert_key(decision.alert)
+            self.last_trigger_at, self.recent_keys[key] = now, now
+            run = {
+                "id": f"retrain-{int(now * 1000)}",
+                "alertname": alertname,
+                "alert_key": key,
+                "alert_starts_at": decision.alert.get("startsAt"),
+                "started_at": now,
+                "state": "running",
+            }
+            self.running = run
+        self.metrics.triggers.inc()
+        self.metrics.in_progress.set(1)
+        log.info(
+            "%s fired (%s): starting train-and-register on production data as %s", alertname, key, run["id"]
+        )
+        thread = threading.Thread(
+            target=self._retrain, args=(run, decision.alert), name=run["id"], daemon=True
+        )
+        self._threads.append(thread)
+        thread.start()
+        return {"action": TRIGGER, "reason": decision.reason, "alertname": alertname, "run": run["id"]}
+
+    def _retrain(self, run: dict, alert: dict) -> None:
+        log_path = self.settings.logs_dir / f"{run['id']}.log"
+        arguments = retrain_arguments(self.settings, alert, seed=int(run["started_at"]) % 100_000)
+        try:
+            result = self.runner(arguments, log_path)
+        except Exception as exc:  # a failed run is counted and shown, never fatal to the service
+            outcome = "failed"
+            run.update(error=str(exc)[:500])
+            self.metrics.failures.inc()
+            log.error("%s failed: %s", run["id"], exc)
+        else:
+            outcome = "promoted" if result.get("promoted") else "rejected"
+            run.update(
+                model_version=result.get("model_version"),
+                run_id=result.get("run_id"),
+                champion_version=result.get("champion_version"),
+                gate_reason=result.get("reason"),
+                metrics=result.get("metrics"),
+            )
+            self.metrics.last_success.set(time.time())
+            log.info("%s finished: v%s %s (%s)", run["id"], run["model_version"], outcome, run["gate_reason"])
+        run.update(state=outcome, finished_at=time.time(), log=str(log_path))
+        run["seconds"] = round(run["finished_at"] - run["started_at"], 1)
+        self.metrics.runs.labels(outcome).inc()
+        self.metrics.duration.set(run["seconds"])
+        self.metrics.in_progress.set(0)
+        with self.lock:
+            self.history.append(run)
+            self.running = None
+        self._append(run)
+
+    def status(self) -> dict:
+        with self.lock:
+            running = dict(self.running) if self.running else None
+            history = list(self.history)[::-1]
+        return {
+            "running": running,
+            "last": history[0] if history else None,
+            "history": history,
+            "cooldown_seconds": self.settings.retrain_cooldown_seconds,
+            "last_trigger_at": self.last_trigger_at,
+            "mode": "kfp" if self.settings.kfp_host else "kfp.local",
+        }
+
+    def wait_idle(self, timeout: float) -> None:
+        for thread in list(self._threads):
+            thread.join(timeout)
+
+
+# --- HTTP ------------------------------------------------------------------------------------------
+
+
+def create_app(settings: Settings | None = None, runner: Runner | None = None) -> FastAPI:
+    settings = settings or Settings()
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if runner is None:
+        runner = cluster_runner(settings) if settings.kfp_host else local_runner(settings)
+    metrics = RetrainerMetrics()
+    retrainer = Retrainer(settings, runner, metrics)
+    log.info(
+        "retrainer: %s, model %s, monitor %s, cooldown %.0fs",
+        f"KFP API {settings.kfp_host}" if settings.kfp_host else "kfp.local",
+        settings.model_name, settings.monitor_url, settings.retrain_cooldown_seconds,
+    )  # fmt: skip
+
+    app = FastAPI(
+        title="mlops-sandbox retrainer",
+        description="Alertmanager webhook in, train-and-register on production data out.",
+    )
+    app.state.retrainer = retrainer
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request, exc: RequestValidationError):
+        reasons = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors()[:3]
+        )
+        log.warning("refused %s %s (422): %s", request.method, request.url.path, reasons)
+        return JSONResponse(
+            {"error": f"not an Alertmanager webhook payload (version 4): {reasons}"}, status_code=422
+        )
+
+    @app.post("/alerts", status_code=202)
+    def alerts(notification: Notification) -> dict:
+        """Alertmanager's webhook: a firing ``action=retrain`` alert starts a retraining (policy.py)."""
+        return retrainer.handle(notification.model_dump())
+
+    @app.get("/api/status")
+    def status() -> dict:
+        return retrainer.status()
+
+    @app.get("/metrics")
+    def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok", "running": retrainer.running is not None}
+
+    return app

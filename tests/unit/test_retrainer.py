@@ -1,0 +1,187 @@
+"""The retrainer's policy and HTTP behaviour, with a recording pipeline runner (the real run is in integration)."""
+
+import threading
+
+import pytest
+from fastapi.testclient import TestClient
+
+from sandbox.settings import Settings
+from services.retrainer.app import create_app
+from services.retrainer.policy import SKIP, TRIGGER, alert_key, decide
+
+
+def alert(
+    status="firing",
+    name="DataDriftDetected",
+    fingerprint="abc",
+    starts="2026-11-24T10:00:00Z",
+    action="retrain",
+):
+    labels = {"alertname": name, **({"action": action} if action else {})}
+    return {
+        "status": status,
+        "labels": labels,
+        "annotations": {"summary": "Data drift: 18% of features drifted"},
+        "startsAt": starts,
+        "fingerprint": fingerprint,
+    }
+
+
+def notification(*alerts, status=None):
+    alerts = alerts or (alert(),)
+    return {
+        "version": "4",
+        "status": status or alerts[0]["status"],
+        "receiver": "retrainer",
+        "alerts": list(alerts),
+    }
+
+
+@pytest.mark.parametrize(
+    ("note", "running", "last", "recent", "expected"),
+    [
+        (notification(alert(status="resolved")), False, None, {}, (SKIP, "resolved")),
+        (notification(alert(action=None)), False, None, {}, (SKIP, "resolved")),  # not ours to act on
+        (notification(), True, None, {}, (SKIP, "in_progress")),
+        (notification(), False, 990.0, {"abc@2026-11-24T10:00:00Z": 990.0}, (SKIP, "duplicate")),
+        (
+            notification(alert(fingerprint="other")),
+            False,
+            990.0,
+            {"abc@2026-11-24T10:00:00Z": 990.0},
+            (SKIP, "cooldown"),
+        ),
+        (notification(), False, None, {}, (TRIGGER, "alert")),
+        # Still firing after the cooldown: the last retraining did not fix it, so try again.
+        (notification(), False, 100.0, {"abc@2026-11-24T10:00:00Z": 100.0}, (TRIGGER, "alert")),
+    ],
+)
+def test_policy(note, running, last, recent, expected):
+    decision = decide(note, running, last, recent, now=1000.0, cooldown_seconds=600)
+    assert (decision.action, decision.reason) == expected
+
+
+def test_policy_picks_the_fresh_alert_of_a_group():
+    old, new = alert(fingerprint="old"), alert(fingerprint="new")
+    decision = decide(notification(old, new), False, None, {alert_key(old): 990.0}, 1000.0, 600)
+    assert decision.action == TRIGGER and decision.alert["fingerprint"] == "new"
+
+
+class RecordingRunner:
+    """Stands in for the pipeline run: records the arguments, answers like the gate, can fail or block."""
+
+    def __init__(self, result=None, error=None):
+        self.calls, self.result, self.error = [], result, error
+        self.release = threading.Event()
+        self.release.set()
+
+    def __call__(self, arguments, log_path):
+        self.calls.append(arguments)
+        self.release.wait(10)
+        if self.error:
+            raise self.error
+        return self.result or {
+            "promoted": True,
+            "model_version": "2",
+            "run_id": "r",
+            "champion_version": "2",
+            "reason": "ok",
+        }
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return Settings(home=tmp_path, retrain_cooldown_seconds=600, monitor_port=18001)
+
+
+def client_for(settings, runner):
+    app = create_app(settings, runner=runner)
+    return TestClient(app), app.state.retrainer
+
+
+def metric(text: str, name: str) -> float:
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_a_firing_alert_starts_one_retraining_on_production_data(settings):
+    runner = RecordingRunner()
+    client, retrainer = client_for(settings, runner)
+    answer = client.post("/alerts", json=notification())
+    retrainer.wait_idle(10)
+    assert answer.status_code == 202 and answer.json()["action"] == "trigger"
+    (arguments,) = runner.calls
+    assert arguments["source"] == "production" and arguments["trigger"] == "alert:DataDriftDetected"
+    assert arguments["monitor_url"] == "http://127.0.0.1:18001"
+    assert '"fingerprint": "abc"' in arguments["trigger_info"]
+    status = client.get("/api/status").json()
+    assert status["running"] is None and status["last"]["state"] == "promoted"
+    assert status["last"]["model_version"] == "2"
+
+    # The same alert again (Alertmanager re-sends the group) and then its resolution start nothing.
+    assert client.post("/alerts", json=notification()).json()["reason"] == "duplicate"
+    assert client.post("/alerts", json=notification(alert(status="resolved"))).json()["reason"] == "resolved"
+    assert client.post("/alerts", json=notification(alert(fingerprint="f2"))).json()["reason"] == "cooldown"
+    assert len(runner.calls) == 1
+    text = client.get("/metrics").text
+    assert metric(text, "sandbox_retrain_triggers_total") == 1
+    assert metric(text, 'sandbox_retrain_skips_total{reason="duplicate"}') == 1
+    assert metric(text, 'sandbox_retrain_skips_total{reason="cooldown"}') == 1
+    assert metric(text, 'sandbox_retrain_runs_total{outcome="promoted"}') == 1
+
+
+def test_an_alert_during_a_run_is_skipped_as_in_progress(settings):
+    runner = RecordingRunner()
+    runner.release.clear()
+    client, retrainer = client_for(settings, runner)
+    client.post("/alerts", json=notification())
+    assert client.get("/healthz").json()["running"] is True
+    assert client.post("/alerts", json=notification(alert(fingerprint="x"))).json()["reason"] == "in_progress"
+    runner.release.set()
+    retrainer.wait_idle(10)
+    assert len(runner.calls) == 1
+
+
+def test_a_failed_run_is_counted_and_shown(settings):
+    client, retrainer = client_for(
+        settings, RecordingRunner(error=RuntimeError("step 'load-data' failed: too few"))
+    )
+    client.post("/alerts", json=notification())
+    retrainer.wait_idle(10)
+    status = client.get("/api/status").json()
+    assert status["last"]["state"] == "failed" and "too few" in status["last"]["error"]
+    text = client.get("/metrics").text
+    assert metric(text, "sandbox_retrain_failures_total") == 1
+    assert metric(text, "sandbox_retrain_in_progress") == 0
+
+
+def test_cooldown_and_history_survive_a_restart(settings):
+    client, retrainer = client_for(settings, RecordingRunner())
+    client.post("/alerts", json=notification())
+    retrainer.wait_idle(10)
+    runner = RecordingRunner()
+    client, _ = client_for(settings, runner)  # a new process, same home
+    assert client.post("/alerts", json=notification()).json()["reason"] == "duplicate"
+    assert client.get("/api/status").json()["last"]["state"] == "promoted" and runner.calls == []
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ({"status": "firing", "alerts": []}, "alerts"),
+        ({"status": "exploded", "alerts": [alert()]}, "status"),
+        ({"status": "firing", "alerts": [{"status": "firing", "labels": {}}]}, "alerts.0"),
+        ([1, 2], "body"),
+    ],
+)
+def test_a_payload_that_is_not_alertmanagers_is_422_with_the_reason(settings, body, needle):
+    runner = RecordingRunner()
+    client, _ = client_for(settings, runner)
+    answer = client.post("/alerts", json=body)
+    assert answer.status_code == 422 and needle in answer.json()["error"]
+    assert runner.calls == []
+
+
+def test_garbage_json_is_422(settings):
+    client, _ = client_for(settings, RecordingRunner())
+    answer = client.post("/alerts", content=b"{not json", headers={"content-type": "application/json"})
+    assert answer.status_code == 422 and "Alertmanager" in answer.json()["error"]
