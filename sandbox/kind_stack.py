@@ -435,13 +435,16 @@ def summarize(
     }
 
 
-def cluster_status(context: str = CONTEXT, namespace: str = NAMESPACE, timeout: float = 10) -> dict:
+def cluster_status(
+    context: str = CONTEXT, namespace: str = NAMESPACE, timeout: float = 10, config_file: str | None = None
+) -> dict:
     """Read deployments, pods and PVCs (and KFP's deployments) with the kubernetes client."""
     from kubernetes import client, config
     from kubernetes.config.config_exception import ConfigException
 
+    config_file = config_file or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
     try:
-        api = config.new_client_from_config(context=context)
+        api = config.new_client_from_config(config_file=config_file, context=context)
     except (ConfigException, FileNotFoundError, OSError) as exc:
         raise KindStackError(
             f"no kubeconfig context {context} ({exc}); the cluster is not up: `make up` (or `sandbox up --kind`)"

@@ -1,0 +1,463 @@
+"""The kind stack without a cluster: a fake command runner plays Docker, kind and kubectl.
+
+What is checked: the preflight's verdicts and messages, the order of the phases and their
+commands, idempotency of a second ``up``, failures that name the step and its stderr, and the
+status summary over real kubernetes client model objects.
+"""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from kubernetes.client import (
+    V1ContainerState,
+    V1ContainerStateWaiting,
+    V1ContainerStatus,
+    V1Deployment,
+    V1DeploymentSpec,
+    V1DeploymentStatus,
+    V1LabelSelector,
+    V1ObjectMeta,
+    V1PersistentVolumeClaim,
+    V1PersistentVolumeClaimStatus,
+    V1Pod,
+    V1PodStatus,
+    V1PodTemplateSpec,
+)
+
+from sandbox import kind_stack as ks
+from sandbox.settings import REPO_ROOT, Settings
+
+GiB = 2**30
+
+
+class FakeDocker:
+    """Docker, kind and kubectl as far as ``up`` can tell: records every call, keeps a little state."""
+
+    def __init__(self, cluster=False, secret=False, memory=16 * GiB, daemon=True, fail=None):
+        self.cluster, self.secret, self.memory, self.daemon = cluster, secret, memory, daemon
+        self.fail = fail or {}  # command substring -> (returncode, stderr)
+        self.calls: list[list[str]] = []
+        self.inputs: list[str | None] = []
+
+    def __call__(self, args, *, input=None, timeout=None):
+        args = list(args)
+        self.calls.append(args)
+        self.inputs.append(input)
+        line = " ".join(args)
+        for needle, (code, stderr) in self.fail.items():
+            if needle in line:
+                return ks.CommandResult(code, "", stderr)
+        if args[:2] == ["docker", "info"]:
+            if not self.daemon:
+                return ks.CommandResult(
+                    1, "", "Cannot connect to the Docker daemon at unix:///var/run/docker.sock"
+                )
+            return ks.CommandResult(0, f"{self.memory}\n")
+        if args[:3] == ["kind", "get", "clusters"]:
+            return ks.CommandResult(0, "other\nmlops-sandbox\n" if self.cluster else "other\n")
+        if args[:3] == ["kind", "create", "cluster"]:
+            self.cluster = True
+        if "secret" in args and "get" in args and not self.secret:
+            return ks.CommandResult(1, "", 'Error from server (NotFound): secrets "grafana-admin" not found')
+        if input and json.loads(input)["kind"] == "Secret":
+            self.secret = True
+        return ks.CommandResult(0, "ok\n")
+
+    def lines(self) -> list[str]:
+        return [" ".join(c) for c in self.calls]
+
+
+def all_present(tool):
+    return f"/usr/bin/{tool}"
+
+
+def free(port):
+    return True
+
+
+@pytest.fixture
+def tools(monkeypatch):
+    """Every tool present, every port free (what ``up`` sees on a ready laptop)."""
+    monkeypatch.setattr(ks.shutil, "which", all_present)
+    monkeypatch.setattr(ks, "port_is_free", free)
+    monkeypatch.setattr(
+        ks, "preflight", lambda run, _real=ks.preflight: _real(run, which=all_present, port_free=free)
+    )
+
+
+# --- preflight ------------------------------------------------------------------------------
+
+
+def test_preflight_names_every_missing_tool_with_a_hint_and_points_to_make_demo():
+    runner = FakeDocker()
+    report = ks.preflight(runner, which=lambda tool: None, port_free=free)
+    assert not report.ok
+    assert [p.split(" ")[0] for p in report.problems] == ["docker", "kind", "kubectl"]
+    assert "docs.docker.com" in report.problems[0] and "kind.sigs.k8s.io" in report.problems[1]
+    assert "kubernetes.io/docs/tasks/tools" in report.problems[2]
+    assert "make demo" in report.message()
+    assert runner.calls == [], "nothing to ask Docker when it is not installed"
+
+
+def test_preflight_says_the_docker_daemon_is_down_with_its_own_words():
+    report = ks.preflight(FakeDocker(daemon=False), which=all_present, port_free=free)
+    assert len(report.problems) == 1
+    assert "Docker daemon is not reachable" in report.problems[0]
+    assert "Cannot connect to the Docker daemon" in report.problems[0]
+    assert "systemctl start docker" in report.problems[0]
+
+
+def test_preflight_warns_under_8_gb_of_docker_memory_but_goes_on():
+    small = ks.preflight(FakeDocker(memory=4 * GiB), which=all_present, port_free=free)
+    assert small.ok and len(small.warnings) == 1 and "4.0 GiB" in small.warnings[0]
+    # Docker Desktop set to 8 GB reports a little under 8 GiB: no warning for that.
+    desktop_8gb = ks.preflight(FakeDocker(memory=int(7.7 * GiB)), which=all_present, port_free=free)
+    assert desktop_8gb.ok and desktop_8gb.warnings == []
+
+
+def test_preflight_names_taken_host_ports_only_before_the_cluster_exists():
+    taken = {5000, 9090}
+    fresh = ks.preflight(FakeDocker(), which=all_present, port_free=lambda port: port not in taken)
+    assert not fresh.ok and "5000, 9090" in fresh.problems[0] and "sandbox down" in fresh.problems[0]
+    # An existing cluster holds those ports itself.
+    again = ks.preflight(
+        FakeDocker(cluster=True), which=all_present, port_free=lambda port: port not in taken
+    )
+    assert again.ok
+
+
+def test_preflight_module_fails_within_seconds_on_a_machine_without_docker(tmp_path):
+    """What `make up` runs first, with the system python and an empty PATH: no venv, no Docker."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "sandbox.kind_stack", "preflight"],
+        cwd=REPO_ROOT,
+        env={"PATH": str(tmp_path), "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert time.monotonic() - started < 10
+    assert done.returncode == 1
+    for needle in (
+        "docker is not installed",
+        "kind is not installed",
+        "kubectl is not installed",
+        "make demo",
+    ):
+        assert needle in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_the_module_imports_only_the_standard_library():
+    code = (
+        "import sys, sandbox.kind_stack; "
+        "print(sorted(m for m in ('kubernetes', 'kfp', 'typer', 'rich', 'pydantic') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]", out.stderr
+
+
+# --- up -------------------------------------------------------------------------------------
+
+
+def test_up_on_a_fresh_machine_runs_every_phase_in_order(tools):
+    runner = FakeDocker()
+    trained = []
+    events = []
+    results = ks.up(
+        runner,
+        first_train=lambda: trained.append(len(runner.calls)) or "v1 champion",
+        on_phase=lambda name, state, seconds, detail: events.append((name, state)),
+    )
+    assert [r.name for r in results] == [
+        "create cluster",
+        "build image",
+        "load image",
+        "install Kubeflow Pipelines",
+        "Grafana admin secret",
+        "apply manifests",
+        "wait for rollouts",
+        "first train-and-register",
+        "serving rollout",
+    ]
+    assert events[0] == ("create cluster", "running") and events[-1] == ("serving rollout", "done")
+    lines = runner.lines()
+
+    def index(needle):
+        return next(i for i, line in enumerate(lines) if needle in line)
+
+    assert index("kind create cluster --name mlops-sandbox --config") < index(
+        "docker build -t mlops-sandbox:0.1.0"
+    )
+    assert f"--config {REPO_ROOT / 'kind-config.yaml'}" in lines[index("kind create cluster")]
+    assert index("docker build") < index("kind load docker-image mlops-sandbox:0.1.0 --name mlops-sandbox")
+    assert index("kind load") < index(f"apply -k {REPO_ROOT / 'manifests/kfp'}")
+    assert index("apply -k") < index("wait --for=condition=available deployment --all -n kubeflow")
+    assert (
+        index("-n kubeflow")
+        < index("get secret grafana-admin")
+        < index("apply -k " + str(REPO_ROOT / ks.OVERLAY))
+    )
+    rollouts = [line.split("deployment/")[1].split()[0] for line in lines if "rollout status" in line]
+    assert rollouts == ["mlflow", "monitor", "retrainer", "prometheus", "alertmanager", "grafana", "serving"]
+    # Training starts after the six rollouts and before serving's (serving is ready once a champion exists).
+    assert trained == [index("deployment/serving")]
+    assert all(c[1:3] == ["--context", "kind-mlops-sandbox"] for c in runner.calls if c[0] == "kubectl")
+    assert all(r.seconds >= 0 for r in results)
+
+
+def test_the_grafana_password_goes_through_stdin_never_the_command_line(tools):
+    runner = FakeDocker()
+    ks.ensure_grafana_secret(runner, make_password=lambda: "s3cret-pw")
+    secret = next(json.loads(i) for i in runner.inputs if i and json.loads(i)["kind"] == "Secret")
+    assert secret["metadata"] == {"name": "grafana-admin", "namespace": "mlops"}
+    assert secret["stringData"] == {"admin-user": "admin", "admin-password": "s3cret-pw"}
+    assert not any("s3cret-pw" in line for line in runner.lines())
+    # The namespace is made first, so the Secret can exist before the overlay is applied.
+    assert runner.inputs[0] and json.loads(runner.inputs[0]) == {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": "mlops"},
+    }
+
+
+def test_a_random_password_each_time_one_is_made():
+    first, second = FakeDocker(), FakeDocker()
+    ks.ensure_grafana_secret(first)
+    ks.ensure_grafana_secret(second)
+    passwords = [
+        json.loads(i)["stringData"]["admin-password"]
+        for i in first.inputs + second.inputs
+        if i and json.loads(i)["kind"] == "Secret"
+    ]
+    assert len(passwords) == 2 and passwords[0] != passwords[1] and min(map(len, passwords)) >= 24
+
+
+def test_a_second_up_keeps_the_cluster_and_the_secret(tools):
+    runner = FakeDocker(cluster=True, secret=True)
+    results = {r.name: r.detail for r in ks.up(runner, first_train=lambda: "champion exists; skipped")}
+    lines = runner.lines()
+    assert not any(line.startswith("kind create cluster") for line in lines)
+    assert any("cluster-info" in line for line in lines), "an existing cluster is checked, not trusted"
+    assert not any(i and json.loads(i)["kind"] == "Secret" for i in runner.inputs), "the password is kept"
+    assert results["create cluster"] == "cluster mlops-sandbox exists; kept"
+    assert results["Grafana admin secret"] == "secret mlops/grafana-admin exists; kept"
+
+
+def test_a_failed_phase_names_the_step_the_command_and_its_stderr_and_stops(tools):
+    stderr = "step 3/9 : RUN pip install .\nERROR: failed to solve: network unreachable"
+    runner = FakeDocker(fail={"docker build": (1, stderr)})
+    trained = []
+    with pytest.raises(ks.KindStackError) as info:
+        ks.up(runner, first_train=lambda: trained.append(1) or "")
+    message = str(info.value)
+    assert message.startswith("build image failed: `docker build -t mlops-sandbox:0.1.0")
+    assert "exited 1" in message and "network unreachable" in message
+    assert not any("kind load" in line for line in runner.lines()) and trained == []
+
+
+def test_up_refuses_before_any_phase_when_preflight_fails(monkeypatch):
+    monkeypatch.setattr(ks.shutil, "which", lambda tool: None if tool == "kind" else f"/usr/bin/{tool}")
+    runner = FakeDocker()
+    with pytest.raises(ks.KindStackError) as info:
+        ks.up(runner, first_train=lambda: "")
+    assert "kind is not installed" in str(info.value) and "make demo" in str(info.value)
+    assert [c[:2] for c in runner.calls] == [["docker", "info"]]
+
+
+def test_kfp_cluster_scoped_resources_first_then_their_crd_then_the_rest(tmp_path):
+    (tmp_path / "manifests/kfp/cluster-scoped-resources").mkdir(parents=True)
+    runner = FakeDocker()
+    ks.install_kfp(runner, tmp_path, timeout=900)
+    steps = [c[3:] for c in runner.calls]
+    assert steps == [
+        ["apply", "-k", str(tmp_path / "manifests/kfp/cluster-scoped-resources")],
+        ["wait", "--for", "condition=established", "--timeout=120s", "crd/applications.app.k8s.io"],
+        ["apply", "-k", str(tmp_path / "manifests/kfp")],
+        ["wait", "--for=condition=available", "deployment", "--all", "-n", "kubeflow", "--timeout=900s"],
+    ]
+
+
+def test_kfp_in_one_kustomization_is_applied_again_once_its_crds_exist(tmp_path):
+    calls = []
+
+    def runner(args, **kwargs):  # the first apply fails: the CRDs are not established yet
+        calls.append(args[3:5])
+        if args[3] == "apply" and len(calls) == 1:
+            return ks.CommandResult(
+                1, "", 'no matches for kind "Application": ensure CRDs are installed first'
+            )
+        return ks.CommandResult(0, "ok")
+
+    ks.install_kfp(runner, tmp_path)
+    assert calls == [
+        ["apply", "-k"],
+        ["wait", "--for"],
+        ["apply", "-k"],
+        ["wait", "--for=condition=available"],
+    ]
+
+
+def test_a_kfp_wait_timeout_says_where_to_look_and_that_up_continues(tmp_path):
+    runner = FakeDocker(fail={"condition=available": (1, "error: timed out waiting for the condition")})
+    with pytest.raises(ks.KindStackError) as info:
+        ks.install_kfp(runner, tmp_path)
+    assert "wait for KFP failed" in str(info.value) and "timed out waiting" in str(info.value)
+    assert "get pods -n kubeflow" in str(info.value)
+
+
+def test_delete_cluster_only_when_it_exists():
+    absent = FakeDocker()
+    assert ks.delete_cluster(absent) == "no cluster mlops-sandbox"
+    assert absent.lines() == ["kind get clusters"]
+    present = FakeDocker(cluster=True)
+    assert ks.delete_cluster(present) == "cluster mlops-sandbox deleted"
+    assert present.lines()[-1] == "kind delete cluster --name mlops-sandbox"
+
+
+def test_the_real_runner_reports_a_missing_program_and_a_timeout_as_results():
+    assert ks.run_command(["no-such-program-here"]).returncode == 127
+    slow = ks.run_command([sys.executable, "-c", "import time; time.sleep(5)"], timeout=0.5)
+    assert slow.returncode == 124 and "timed out" in slow.stderr
+    echo = ks.run_command([sys.executable, "-c", "import sys; print(sys.stdin.read().upper())"], input="hi")
+    assert echo == ks.CommandResult(0, "HI\n", "")
+
+
+def test_names_agree_with_the_pipeline_and_the_settings():
+    from pipelines.components import PROJECT_IMAGE
+
+    assert ks.IMAGE == PROJECT_IMAGE
+    settings = Settings()
+    assert (settings.kube_context, settings.kube_namespace) == (ks.CONTEXT, ks.NAMESPACE)
+    for port in (settings.mlflow_port, settings.serving_port, settings.monitor_port):
+        assert port in ks.HOST_PORTS
+    assert {settings.prometheus_port, settings.alertmanager_port, 3001, 8080} <= set(ks.HOST_PORTS)
+
+
+# --- status ---------------------------------------------------------------------------------
+
+
+def deployment(name, desired=1, ready=1, updated=None):
+    return V1Deployment(
+        metadata=V1ObjectMeta(name=name, namespace="mlops"),
+        spec=V1DeploymentSpec(
+            replicas=desired,
+            selector=V1LabelSelector(match_labels={"app": name}),
+            template=V1PodTemplateSpec(metadata=V1ObjectMeta(labels={"app": name})),
+        ),
+        status=V1DeploymentStatus(
+            ready_replicas=ready or None, updated_replicas=ready if updated is None else updated
+        ),
+    )
+
+
+def pod(name, restarts=0, waiting=None, ready=True, phase="Running"):
+    state = (
+        V1ContainerState(waiting=V1ContainerStateWaiting(reason=waiting)) if waiting else V1ContainerState()
+    )
+    status = V1ContainerStatus(
+        name="app", image="mlops-sandbox:0.1.0", image_id="", ready=ready, restart_count=restarts, state=state
+    )
+    return V1Pod(
+        metadata=V1ObjectMeta(name=name), status=V1PodStatus(phase=phase, container_statuses=[status])
+    )
+
+
+def pvc(name, phase="Bound"):
+    return V1PersistentVolumeClaim(
+        metadata=V1ObjectMeta(name=name),
+        status=V1PersistentVolumeClaimStatus(
+            phase=phase, capacity={"storage": "5Gi"} if phase == "Bound" else None
+        ),
+    )
+
+
+def test_a_healthy_cluster_summarises_as_healthy():
+    summary = ks.summarize(
+        [deployment(name) for name in ks.DEPLOYMENTS],
+        [pod("mlflow-abc"), pod("serving-def", restarts=1)],
+        [pvc("mlflow-data"), pvc("monitor-data")],
+        [deployment("ml-pipeline", 1, 1), deployment("ml-pipeline-ui", 1, 1)],
+    )
+    assert summary["healthy"] and summary["problems"] == []
+    assert [d["name"] for d in summary["deployments"]] == sorted(ks.DEPLOYMENTS)
+    assert summary["pvcs"][0] == {"name": "mlflow-data", "phase": "Bound", "capacity": "5Gi", "bound": True}
+    # One restart is worth showing, not a failure.
+    assert [p["name"] for p in summary["restarting"]] == ["serving-def"]
+    assert summary["kfp"] == {"ready": 2, "total": 2, "not_ready": []}
+
+
+def test_every_problem_is_named():
+    present = [deployment(n) for n in ks.DEPLOYMENTS if n not in ("retrainer", "serving")]
+    summary = ks.summarize(
+        [*present, deployment("serving", desired=2, ready=1)],
+        [pod("monitor-x", restarts=7, waiting="CrashLoopBackOff", ready=False), pod("grafana-y")],
+        [pvc("mlflow-data"), pvc("monitor-data", "Pending")],
+        [deployment("ml-pipeline", 1, 0), deployment("minio", 1, 1)],
+    )
+    assert not summary["healthy"]
+    assert summary["problems"] == [
+        "deployment retrainer is missing",
+        "deployment serving: 1/2 ready",
+        "PVC monitor-data is Pending",
+        "pod monitor-x: CrashLoopBackOff",
+        "Kubeflow Pipelines not ready: ml-pipeline",
+    ]
+    assert summary["restarting"] == [
+        {
+            "name": "monitor-x",
+            "phase": "Running",
+            "restarts": 7,
+            "ready": False,
+            "waiting": "CrashLoopBackOff",
+        }
+    ]
+    assert summary["kfp"] == {"ready": 1, "total": 2, "not_ready": ["ml-pipeline"]}
+
+
+def test_a_rollout_in_progress_is_not_ready_even_with_enough_old_replicas():
+    rows = ks.deployment_rows([deployment("serving", desired=1, ready=1, updated=0)])
+    assert rows == [{"name": "serving", "ready": 1, "desired": 1, "updated": 0, "healthy": False}]
+
+
+def test_status_without_a_kubeconfig_context_says_to_run_make_up(tmp_path, monkeypatch):
+    config = tmp_path / "kubeconfig"
+    config.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n")
+    monkeypatch.setenv("KUBECONFIG", str(config))
+    with pytest.raises(ks.KindStackError) as info:
+        ks.cluster_status()
+    assert "kind-mlops-sandbox" in str(info.value) and "make up" in str(info.value)
+
+
+def test_status_of_a_stopped_cluster_says_what_to_check(tmp_path, monkeypatch):
+    """A context that points at nothing (the node container is gone): a clear error, quickly."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = tmp_path / "kubeconfig"
+    config.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": f"https://127.0.0.1:{port}"}}],
+                "contexts": [{"name": "kind-mlops-sandbox", "context": {"cluster": "c", "user": "u"}}],
+                "users": [{"name": "u", "user": {"token": "x"}}],
+                "current-context": "kind-mlops-sandbox",
+            }
+        )
+    )
+    monkeypatch.setenv("KUBECONFIG", str(config))
+    started = time.monotonic()
+    with pytest.raises(ks.KindStackError) as info:
+        ks.cluster_status(timeout=2)
+    assert "does not answer" in str(info.value) and "Docker" in str(info.value)
+    assert time.monotonic() - started < 60
