@@ -305,6 +305,7 @@ def submit_and_wait(
     run_name: str | None = None,
     poll_seconds: float = 5.0,
     terminate_on_timeout: bool = False,
+    on_submitted: Callable[[str, str], None] | None = None,
     client=None,
     mlflow_client=None,
 ) -> RemoteResult:
@@ -316,7 +317,9 @@ def submit_and_wait(
     host, the NodePort, e.g. ``http://127.0.0.1:5000``). The KFP experiment is
     ``experiment`` (default: the ``experiment`` argument, else ``train-and-register``).
     ``on_progress(step, state, seconds)`` as in the embedded run (state: running, success,
-    failure, skipped, canceled). Caching is off: every run trains and registers anew.
+    failure, skipped, canceled); ``on_submitted(kfp_run_id, url)`` once KFP has the run.
+    Caching is off: every run trains and registers anew. ``client``/``mlflow_client``:
+    pass your own (tests, or a client with credentials); by default they are made here.
     Raises ``RemoteError`` (API down, bad arguments, a step failed, timeout).
     """
     submission_id = uuid.uuid4().hex
@@ -338,6 +341,8 @@ def submit_and_wait(
             raise RemoteError(f"KFP did not accept the run: {_api_error(exc)}") from exc
     kfp_run_id = started.run_id
     url = f"{host.rstrip('/')}/#/runs/details/{kfp_run_id}"
+    if on_submitted is not None:
+        on_submitted(kfp_run_id, url)
     try:
         run, steps = follow(client, kfp_run_id, timeout, on_progress, poll_seconds)
     except TimeoutError as exc:
@@ -349,11 +354,20 @@ def submit_and_wait(
     state = str(run.state).upper()
     if state != "SUCCEEDED":
         raise RemoteError(failure_message(run, steps, url))
-    if mlflow_client is None:
-        from mlflow.tracking import MlflowClient
+    results_uri = results_mlflow_uri or prepared["mlflow_uri"]
+    try:
+        if mlflow_client is None:
+            from mlflow.tracking import MlflowClient
 
-        mlflow_client = MlflowClient(results_mlflow_uri or prepared["mlflow_uri"])
-    outcome = find_result(mlflow_client, prepared.get("experiment", PIPELINE_NAME), submission_id)
+            mlflow_client = MlflowClient(results_uri)
+        outcome = find_result(mlflow_client, prepared.get("experiment", PIPELINE_NAME), submission_id)
+    except RemoteError:
+        raise
+    except Exception as exc:  # MlflowException, connection errors
+        raise RemoteError(
+            f"run {url} succeeded, but its outcome could not be read from MLflow at {results_uri}: "
+            f"{type(exc).__name__}: {str(exc)[:300]}"
+        ) from exc
     return RemoteResult(
         kfp_run_id=kfp_run_id,
         kfp_run_url=url,

@@ -29,8 +29,201 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def no_cluster_yet() -> None:
-    fail("the kind cluster path is not built yet; use the embedded stack: `sandbox up --local` / `make demo`")
+# --- the kind cluster (`--kind`): sandbox/kind_stack.py does the work, pipelines/remote.py runs KFP ---
+
+KIND_TRAIN_TIMEOUT = 1800.0
+
+
+def mlflow_answers(settings: Settings) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{settings.mlflow_uri.rstrip('/')}/health", timeout=3).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def kind_champion_version(settings: Settings) -> str | None:
+    """The champion's version via MLflow's REST API (no MLflow import), None when there is none."""
+    import httpx
+
+    try:
+        response = httpx.get(
+            f"{settings.mlflow_uri.rstrip('/')}/api/2.0/mlflow/registered-models/alias",
+            params={"name": settings.model_name, "alias": "champion"},
+            timeout=5,
+        )
+    except httpx.HTTPError:
+        return None
+    return response.json()["model_version"]["version"] if response.status_code == 200 else None
+
+
+def kind_run_pipeline(request, settings: Settings, on_step, on_submitted=None) -> dict:
+    """``train-and-register`` on the cluster's KFP API; the result in the embedded run's shape."""
+    from pipelines.data import DataError
+    from pipelines.remote import DEFAULT_KFP_HOST, RemoteError, for_cluster, submit_and_wait
+    from sandbox.training import check_request
+
+    if request.source == "csv":
+        raise DataError(
+            "--source csv reads a file on this machine, which the cluster's pods cannot see; "
+            "use --source synthetic or breast_cancer with --kind"
+        )
+    check_request(request)
+    if not mlflow_answers(settings):
+        raise RemoteError(
+            f"MLflow does not answer at {settings.mlflow_uri} (the cluster's host port); "
+            "is the cluster up? `sandbox status --kind`, `make up`"
+        )
+    result = submit_and_wait(
+        settings.kfp_host or DEFAULT_KFP_HOST,
+        for_cluster(request.arguments(settings)),
+        KIND_TRAIN_TIMEOUT,
+        on_step,
+        results_mlflow_uri=settings.mlflow_uri,
+        on_submitted=on_submitted,
+    )
+    return result.as_dict()
+
+
+def kind_up(timeout: float) -> None:
+    """`sandbox up --kind`: preflight, the phases with their times, the first run, every URL."""
+    from sandbox import kind_stack as ks
+
+    report = ks.preflight(ks.run_command)  # before the heavy imports: a missing tool is said in seconds
+    for warning in report.warnings:
+        err.print(f"[yellow]warning:[/] {warning}")
+    if not report.ok:
+        fail(report.message())
+
+    from pipelines.data import DataError
+    from pipelines.remote import RemoteError
+    from sandbox.training import TrainRequest
+
+    settings = Settings()
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err)
+    phase_tasks: dict[str, int] = {}
+
+    def on_phase(name: str, state: str, seconds: float, detail: str) -> None:
+        if state == "running":
+            phase_tasks[name] = progress.add_task(f"[bold]{name}[/]", total=1)
+        else:
+            progress.update(
+                phase_tasks[name],
+                completed=1,
+                description=f"[bold]{name}[/] [green]done[/] ({seconds:.0f}s) {detail}",
+            )
+
+    def first_train() -> str:
+        champion = kind_champion_version(settings)
+        if champion is not None:
+            return f"champion v{champion} already registered; skipped (`sandbox train --kind` trains again)"
+        steps: dict[str, int] = {}
+
+        def on_step(step: str, state: str, seconds: float) -> None:
+            if step not in steps:
+                steps[step] = progress.add_task(f"  {step}", total=1)
+            if state != "running":
+                mark = "[green]done[/]" if state == "success" else f"[red]{state}[/]"
+                progress.update(steps[step], completed=1, description=f"  {step} {mark} ({seconds:.0f}s)")
+
+        result = kind_run_pipeline(
+            TrainRequest(), settings, on_step, lambda run_id, url: progress.console.print(f"KFP run: {url}")
+        )
+        verdict = "promoted to champion" if result["promoted"] else f"not promoted: {result['reason']}"
+        return f"{result['model_name']} v{result['model_version']} {verdict} (roc_auc {result['metrics'].get('roc_auc', 0):.3f})"
+
+    try:
+        with progress:
+            results = ks.up(
+                ks.run_command, first_train, on_phase, report=report, rollout_timeout=max(timeout, 600)
+            )
+    except (ks.KindStackError, RemoteError, DataError) as exc:
+        fail(str(exc))
+    table = Table("phase", "seconds", "result")
+    for result in results:
+        table.add_row(result.name, f"{result.seconds:.0f}", result.detail)
+    table.add_row("[bold]total[/]", f"{sum(r.seconds for r in results):.0f}", "")
+    console.print(table)
+    urls = Table("UI / API", "URL")
+    for name, url in ks.URLS.items():
+        urls.add_row(name, url)
+    console.print(urls)
+    console.print(f"Grafana: user admin, password: [bold]{ks.grafana_password_command()}[/]")
+    console.print(
+        "status: [bold]sandbox status --kind[/]; delete the cluster and stop everything: [bold]make down[/]"
+    )
+
+
+def kind_status(as_json: bool) -> None:
+    """`sandbox status --kind`: deployments, restarting pods, PVCs, KFP and its runs, the champion."""
+    from pipelines.remote import DEFAULT_KFP_HOST, RemoteError, connect, recent_runs
+    from sandbox import kind_stack as ks
+
+    settings = Settings()
+    try:
+        summary = ks.cluster_status(settings.kube_context, settings.kube_namespace)
+    except ks.KindStackError as exc:
+        fail(str(exc))
+    runs, runs_error = None, None
+    try:
+        runs = recent_runs(connect(settings.kfp_host or DEFAULT_KFP_HOST))
+    except RemoteError as exc:
+        runs_error = str(exc)
+    except Exception as exc:  # the API answered health but not the listing
+        runs_error = f"{type(exc).__name__}: {exc}"[:300]
+    champion = champion_summary(settings) if mlflow_answers(settings) else None
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "cluster": summary,
+                    "kfp_runs": runs,
+                    "kfp_error": runs_error,
+                    "champion": champion,
+                    "urls": ks.URLS,
+                }
+            )
+        )
+    else:
+        table = Table("deployment", "ready", "state")
+        for d in summary["deployments"]:
+            state = "[green]ok[/]" if d["healthy"] else "[red]not ready[/]"
+            table.add_row(d["name"], f"{d['ready']}/{d['desired']}", state)
+        console.print(table)
+        for pod in summary["restarting"]:
+            console.print(f"[yellow]pod {pod['name']}[/]: {pod['restarts']} restart(s) {pod['waiting']}")
+        console.print(
+            "PVCs: "
+            + (
+                ", ".join(f"{c['name']} {c['phase']} {c['capacity'] or ''}".strip() for c in summary["pvcs"])
+                or "none"
+            )
+        )
+        kfp = summary["kfp"]
+        console.print(f"Kubeflow Pipelines: {kfp['ready']}/{kfp['total']} deployments ready")
+        if runs:
+            runs_table = Table("KFP run", "state", "created", "seconds")
+            for run in runs:
+                runs_table.add_row(
+                    run["name"], run["state"], run["created_at"] or "", str(run["seconds"] or "")
+                )
+            console.print(runs_table)
+        elif runs_error:
+            console.print(f"[yellow]KFP runs unavailable:[/] {runs_error}")
+        else:
+            console.print("no KFP run yet: [bold]sandbox train --kind[/]")
+        if champion:
+            console.print(
+                f"champion: [bold]{champion['name']}[/] v{champion['version']} "
+                f"(roc_auc {champion['metrics'].get('roc_auc', 'n/a')})"
+            )
+        else:
+            console.print(f"no champion (or MLflow does not answer at {settings.mlflow_uri})")
+        for problem in summary["problems"]:
+            console.print(f"[red]problem:[/] {problem}")
+    if not summary["healthy"]:
+        raise typer.Exit(1)
 
 
 @app.callback()
@@ -51,7 +244,8 @@ def up(
     from sandbox import local_stack
 
     if not local:
-        no_cluster_yet()
+        kind_up(timeout)
+        return
     settings = Settings()
     with console.status("starting the embedded stack...") as spinner:
         try:
@@ -94,7 +288,8 @@ def status(
     from sandbox import local_stack
 
     if not local:
-        no_cluster_yet()
+        kind_status(as_json)
+        return
     settings = Settings()
     rows = local_stack.status(settings)
     healthy = {r["name"] for r in rows if r["healthy"]}
@@ -324,10 +519,9 @@ def train(
 ) -> None:
     """Run the train-and-register pipeline against the running MLflow and print the gate's decision."""
     from pipelines.data import DataError
+    from pipelines.remote import RemoteError
     from sandbox.training import TrainingError, TrainRequest, run_embedded
 
-    if not local:
-        no_cluster_yet()
     settings = Settings()
     request = TrainRequest(
         source=source,
@@ -350,8 +544,13 @@ def train(
 
     try:
         with progress:
-            result = run_embedded(request, settings, on_step)
-    except (DataError, TrainingError) as exc:
+            if local:
+                result = run_embedded(request, settings, on_step)
+            else:  # the cluster's KFP API; the same steps and result
+                result = kind_run_pipeline(
+                    request, settings, on_step, lambda run_id, url: progress.console.print(f"KFP run: {url}")
+                )
+    except (DataError, TrainingError, RemoteError) as exc:
         fail(str(exc))
     summary = {
         "run_id": result["run_id"],
@@ -361,6 +560,7 @@ def train(
         "champion_version": result["champion_version"],
         "reason": result["reason"],
         "step_seconds": result["step_seconds"],
+        **{key: result[key] for key in ("kfp_run_id", "kfp_run_url") if key in result},
     }
     if as_json:
         print(json.dumps(summary))
@@ -374,6 +574,8 @@ def train(
         "metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items() if k != "holdout_rows")
     )
     console.print(f"champion is v{result['champion_version']}")
+    if "kfp_run_url" in result:
+        console.print(f"KFP run: {result['kfp_run_url']}")
 
 
 @app.command("compile")

@@ -140,11 +140,13 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
 
 def preflight(
     run: Runner = run_command,
-    which: Callable[[str], str | None] = shutil.which,
-    port_free: Callable[[int], bool] = port_is_free,
+    which: Callable[[str], str | None] | None = None,
+    port_free: Callable[[int], bool] | None = None,
     min_memory: int = MIN_DOCKER_MEMORY,
 ) -> Preflight:
     """Docker daemon reachable, kind and kubectl present, Docker memory, host ports: in seconds."""
+    which = which or shutil.which
+    port_free = port_free or port_is_free
     report = Preflight()
     missing = [tool for tool in ("docker", "kind", "kubectl") if which(tool) is None]
     report.problems += [f"{tool} is not installed: {INSTALL_HINTS[tool]}" for tool in missing]
@@ -338,12 +340,17 @@ def up(
     on_phase: Callable[[str, str, float, str], None] = lambda name, state, seconds, detail: None,
     root: Path = REPO_ROOT,
     clock: Callable[[], float] = time.monotonic,
+    report: Preflight | None = None,
     **timeouts: float,
 ) -> list[PhaseResult]:
-    """Preflight, then every phase in order; ``on_phase(name, "running"|"done", seconds, detail)``."""
-    report = preflight(run)
-    for warning in report.warnings:
-        on_phase("preflight", "warning", 0.0, warning)
+    """Preflight (unless ``report`` is one already made), then every phase in order.
+
+    ``on_phase(name, state, seconds, detail)``: state "warning" (preflight), "running", "done".
+    """
+    if report is None:
+        report = preflight(run)
+        for warning in report.warnings:
+            on_phase("preflight", "warning", 0.0, warning)
     if not report.ok:
         raise KindStackError(report.message())
     results = []

@@ -461,3 +461,50 @@ def test_status_of_a_stopped_cluster_says_what_to_check(tmp_path, monkeypatch):
         ks.cluster_status(timeout=2)
     assert "does not answer" in str(info.value) and "Docker" in str(info.value)
     assert time.monotonic() - started < 60
+
+
+# --- the CLI's --kind branches ----------------------------------------------------------------
+
+
+def test_sandbox_up_kind_without_the_tools_fails_fast_naming_them(monkeypatch):
+    from typer.testing import CliRunner
+
+    from sandbox.cli import app
+
+    monkeypatch.setattr(ks.shutil, "which", lambda tool: None)
+    started = time.monotonic()
+    result = CliRunner().invoke(app, ["up", "--kind"])
+    assert time.monotonic() - started < 10
+    assert result.exit_code == 1
+    text = " ".join(result.output.split())
+    for needle in (
+        "docker is not installed",
+        "kind is not installed",
+        "kubectl is not installed",
+        "make demo",
+    ):
+        assert needle in text
+    assert "Traceback" not in result.output
+
+
+def test_sandbox_status_kind_without_a_cluster_says_to_run_make_up(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from sandbox.cli import app
+
+    config = tmp_path / "kubeconfig"
+    config.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n")
+    monkeypatch.setenv("KUBECONFIG", str(config))
+    result = CliRunner().invoke(app, ["status", "--kind", "--json"])
+    assert result.exit_code == 1
+    assert "make up" in " ".join(result.output.split()) and "Traceback" not in result.output
+
+
+def test_every_kind_command_has_help():
+    from typer.testing import CliRunner
+
+    from sandbox.cli import app
+
+    for command in ("up", "status", "train"):
+        result = CliRunner().invoke(app, [command, "--help"])
+        assert result.exit_code == 0 and "--kind" in result.output

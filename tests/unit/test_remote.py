@@ -298,16 +298,19 @@ def pipeline_writes(mlflow_store, promoted=True, model_name="loan-default"):
 
 def test_submit_and_wait_submits_the_package_follows_it_and_reads_the_outcome_from_mlflow(mlflow_store):
     client = FakeKfp(RUN_SEQUENCE, on_create=pipeline_writes(mlflow_store))
-    seen = []
+    seen, submitted = [], []
     result = remote.submit_and_wait(
         "http://kfp.example:8080/",
         remote.for_cluster({"mlflow_uri": "http://127.0.0.1:5000", "n_rows": 2000, "trigger": "alert"}),
         timeout=60,
         on_progress=lambda *event: seen.append(event),
+        on_submitted=lambda *run: submitted.append((*run, client.polls)),
         poll_seconds=0,
         client=client,
         mlflow_client=mlflow_store[0],
     )
+    # Told before the first poll, so the caller can show where to watch the run.
+    assert submitted == [("kfp-run-1", "http://kfp.example:8080/#/runs/details/kfp-run-1", 0)]
     created = client.created[0]
     assert created["experiment"] == "train-and-register" and created["caching"] is False
     assert created["package"]["pipelineInfo"]["name"] == "train-and-register"
@@ -393,3 +396,25 @@ def test_an_unreachable_kfp_api_is_a_clear_error_within_seconds():
     assert time.monotonic() - started < 10
     assert f"does not answer at http://127.0.0.1:{port}" in str(info.value)
     assert "make up" in str(info.value) and "SANDBOX_KFP_HOST" in str(info.value)
+
+
+def test_sandbox_train_kind_refuses_a_local_csv_and_an_unreachable_cluster(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from sandbox.cli import app
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("SANDBOX_MLFLOW_PORT", str(port))
+    monkeypatch.setenv("SANDBOX_KFP_HOST", f"http://127.0.0.1:{port}")
+    csv = CliRunner().invoke(
+        app, ["train", "--kind", "--source", "csv", "--csv-path", str(tmp_path / "x.csv")]
+    )
+    assert csv.exit_code == 1 and "cluster's pods cannot see" in " ".join(csv.output.split())
+    down = CliRunner().invoke(app, ["train", "--kind", "--n-rows", "500"])
+    text = " ".join(down.output.split())
+    assert down.exit_code == 1 and f"MLflow does not answer at http://127.0.0.1:{port}" in text
+    assert "make up" in text and "Traceback" not in down.output
+    bad = CliRunner().invoke(app, ["train", "--kind", "--n-rows", "0"])
+    assert bad.exit_code == 1 and "--n-rows must be positive" in " ".join(bad.output.split())
