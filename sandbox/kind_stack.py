@@ -34,8 +34,9 @@ KIND_CONFIG = "kind-config.yaml"
 OVERLAY = "manifests/overlays/kind"
 KFP_DIR = "manifests/kfp"
 # Upstream installs KFP's cluster-scoped resources (CRDs) first, then the rest once the CRDs exist.
-KFP_CLUSTER_SCOPED_DIRS = ("manifests/kfp/cluster-scoped-resources", "manifests/kfp/cluster-scoped")
-KFP_CRD = "crd/applications.app.k8s.io"
+# Its docs wait for crd/applications.app.k8s.io; every CRD is waited for here, which holds whether
+# or not a release still ships that one.
+KFP_CLUSTER_SCOPED_DIRS = ("manifests/kfp/cluster-scoped", "manifests/kfp/cluster-scoped-resources")
 DEPLOYMENTS = ("mlflow", "serving", "monitor", "retrainer", "prometheus", "alertmanager", "grafana")
 # serving is ready only once it has loaded a champion, so its rollout is awaited after the first run.
 AFTER_FIRST_RUN = ("serving",)
@@ -220,7 +221,7 @@ def load_image(run: Runner, image: str = IMAGE) -> str:
 
 def install_kfp(run: Runner, root: Path = REPO_ROOT, timeout: float = 1200) -> str:
     """Kubeflow Pipelines standalone: cluster-scoped resources, their CRD established, then the rest."""
-    wait_crd = kubectl("wait", "--for", "condition=established", "--timeout=120s", KFP_CRD)
+    wait_crd = kubectl("wait", "--for", "condition=established", "--timeout=120s", "crd", "--all")
     scoped = next((root / d for d in KFP_CLUSTER_SCOPED_DIRS if (root / d).is_dir()), None)
     if scoped is not None:
         check(run, "install KFP (cluster-scoped)", kubectl("apply", "-k", str(scoped)), timeout=600)

@@ -272,13 +272,13 @@ def test_up_refuses_before_any_phase_when_preflight_fails(monkeypatch):
 
 
 def test_kfp_cluster_scoped_resources_first_then_their_crd_then_the_rest(tmp_path):
-    (tmp_path / "manifests/kfp/cluster-scoped-resources").mkdir(parents=True)
+    (tmp_path / "manifests/kfp/cluster-scoped").mkdir(parents=True)
     runner = FakeDocker()
     ks.install_kfp(runner, tmp_path, timeout=900)
     steps = [c[3:] for c in runner.calls]
     assert steps == [
-        ["apply", "-k", str(tmp_path / "manifests/kfp/cluster-scoped-resources")],
-        ["wait", "--for", "condition=established", "--timeout=120s", "crd/applications.app.k8s.io"],
+        ["apply", "-k", str(tmp_path / "manifests/kfp/cluster-scoped")],
+        ["wait", "--for", "condition=established", "--timeout=120s", "crd", "--all"],
         ["apply", "-k", str(tmp_path / "manifests/kfp")],
         ["wait", "--for=condition=available", "deployment", "--all", "-n", "kubeflow", "--timeout=900s"],
     ]
@@ -508,3 +508,15 @@ def test_every_kind_command_has_help():
     for command in ("up", "status", "train"):
         result = CliRunner().invoke(app, [command, "--help"])
         assert result.exit_code == 0 and "--kind" in result.output
+
+
+def test_the_repository_has_what_the_phases_apply_and_maps_the_ports_they_print():
+    import yaml
+
+    assert (REPO_ROOT / ks.OVERLAY / "kustomization.yaml").is_file()
+    assert (REPO_ROOT / ks.KFP_DIR / "kustomization.yaml").is_file()
+    assert any((REPO_ROOT / d / "kustomization.yaml").is_file() for d in ks.KFP_CLUSTER_SCOPED_DIRS)
+    config = yaml.safe_load((REPO_ROOT / ks.KIND_CONFIG).read_text())
+    assert config["name"] == ks.CLUSTER
+    mapped = {m["hostPort"] for node in config["nodes"] for m in node.get("extraPortMappings", [])}
+    assert mapped == set(ks.HOST_PORTS)
