@@ -7,7 +7,7 @@ SANDBOX := $(VENV)/bin/sandbox
 APT_PACKAGES := prometheus prometheus-alertmanager
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-unit lint format local down status train compile demo clean
+.PHONY: help setup test test-unit lint format local up down status train compile demo clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}'
@@ -53,11 +53,21 @@ format: setup ## Apply ruff fixes and formatting
 local: setup ## Bring the embedded stack up (MLflow, ...) under supervisord
 	$(SANDBOX) up --local
 
-down: setup ## Stop the embedded stack, leaving no process behind
-	$(SANDBOX) down
+# The kind cluster of `make up` (kind-config.yaml); the checks below cost nothing when kind is absent.
+KIND_CLUSTER := mlops-sandbox
+KIND_EXISTS = command -v kind >/dev/null 2>&1 && kind get clusters 2>/dev/null | grep -qx $(KIND_CLUSTER)
 
-status: setup ## Show every service and its health
-	$(SANDBOX) status
+up: ## The full stack on a kind cluster (needs Docker, kind, kubectl; checked first, in seconds)
+	@python3 -m sandbox.kind_stack preflight
+	@$(MAKE) --no-print-directory setup
+	$(SANDBOX) up --kind
+
+down: setup ## Stop the embedded stack and delete the kind cluster, leaving nothing behind
+	$(SANDBOX) down
+	@if $(KIND_EXISTS); then kind delete cluster --name $(KIND_CLUSTER); fi
+
+status: setup ## Show every service and its health (the kind cluster's, if it exists)
+	@if $(KIND_EXISTS); then $(SANDBOX) status --kind; else $(SANDBOX) status; fi
 
 train: setup ## Run train-and-register once on the running stack
 	$(SANDBOX) train
