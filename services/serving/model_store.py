@@ -107,6 +107,7 @@ class ModelHolder:
         alias: str = "champion",
         on_swap: Callable[[LoadedModel | None, LoadedModel], None] = lambda old, new: None,
         on_failure: Callable[[str, str], None] = lambda version, reason: None,
+        after_swap: Callable[[], None] = lambda: None,
     ):
         import mlflow
         from mlflow.tracking import MlflowClient
@@ -118,7 +119,7 @@ class ModelHolder:
         self.name, self.schema, self.alias = name, schema, alias
         self.current: LoadedModel | None = None  # replaced in one assignment: readers never see half a swap
         self.failed_versions: dict[str, str] = {}
-        self.on_swap, self.on_failure = on_swap, on_failure
+        self.on_swap, self.on_failure, self.after_swap = on_swap, on_failure, after_swap
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -158,7 +159,8 @@ class ModelHolder:
         def loop() -> None:
             while not self._stop.is_set():
                 try:
-                    self.refresh()
+                    if self.refresh():
+                        self.after_swap()  # the old version is unreferenced by now
                 except Exception as exc:  # MLflow down or slow: keep serving what we have, try again
                     log.warning("could not check %s@%s: %s", self.name, self.alias, exc)
                 self._stop.wait(interval)
