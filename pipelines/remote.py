@@ -80,6 +80,13 @@ class RemoteResult:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    # Read like the embedded run's dict, so code written for one takes the other.
+    def __getitem__(self, key: str):
+        return self.as_dict()[key]
+
+    def get(self, key: str, default=None):
+        return self.as_dict().get(key, default)
+
 
 # --- pure parts -------------------------------------------------------------------------
 
@@ -150,9 +157,9 @@ def prepare_arguments(arguments: dict, parameters: dict[str, dict], submission_i
         elif kind == "NUMBER_DOUBLE":
             value = float(value)
         elif kind == "BOOLEAN":
-            value = bool(value)
+            value = value.strip().lower() in ("1", "true", "yes") if isinstance(value, str) else bool(value)
         elif kind == "STRING":
-            value = str(value)
+            value = json.dumps(value) if isinstance(value, dict | list) else str(value)
         prepared[name] = value
     logged = json.loads(prepared.get("params_json") or "{}") or json.loads(params_record(prepared))
     prepared["params_json"] = json.dumps({**logged, "submission_id": submission_id}, sort_keys=True)
@@ -271,15 +278,30 @@ def follow(
     poll_seconds: float = 5.0,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    max_errors: int = 5,
 ):
     """Poll the run until it finishes; ``on_progress(step, state, seconds)`` on every step change.
 
-    Returns ``(run, steps)``; raises ``TimeoutError`` when ``timeout`` seconds pass first.
+    Returns ``(run, steps)``; raises ``TimeoutError`` when ``timeout`` seconds pass first, and
+    ``RemoteError`` after ``max_errors`` failed polls in a row (a restarting API server is borne).
     """
     deadline = clock() + timeout
     told: dict[str, str] = {}
+    errors = 0
     while True:
-        run = client.get_run(kfp_run_id)
+        try:
+            run = client.get_run(kfp_run_id)
+        except Exception as exc:  # ApiException, connection errors
+            errors += 1
+            if errors >= max_errors:
+                raise RemoteError(
+                    f"lost the KFP API while following run {kfp_run_id} ({errors} failed polls): {_api_error(exc)}"
+                ) from exc
+            if clock() >= deadline:
+                raise TimeoutError(f"run {kfp_run_id} did not finish in {timeout:.0f}s") from exc
+            sleep(poll_seconds)
+            continue
+        errors = 0
         details = run.run_details.task_details if run.run_details is not None else None
         steps = step_progress(details)
         for step in steps.values():

@@ -260,6 +260,34 @@ def test_follow_gives_up_at_the_timeout():
     assert client.polls == 7  # at 0, 5, ..., 30 s
 
 
+def test_follow_bears_a_few_failed_polls_but_not_many():
+    class Flaky(FakeKfp):
+        def __init__(self, runs, failures):
+            super().__init__(runs)
+            self.failures = failures
+
+        def get_run(self, run_id):
+            if self.failures:
+                self.failures -= 1
+                raise ConnectionResetError("connection reset by peer")
+            return super().get_run(run_id)
+
+    finished, _ = remote.follow(
+        Flaky([run("SUCCEEDED")], 4), "kfp-run-1", 60, poll_seconds=0, sleep=lambda s: None
+    )
+    assert finished.state == "SUCCEEDED"
+    with pytest.raises(remote.RemoteError, match="lost the KFP API.*5 failed polls.*connection reset"):
+        remote.follow(Flaky([run("SUCCEEDED")], 5), "kfp-run-1", 60, poll_seconds=0, sleep=lambda s: None)
+
+
+def test_prepare_arguments_turns_structured_strings_into_json(package):
+    params = remote.pipeline_parameters(package[1])
+    prepared = remote.prepare_arguments(
+        {"mlflow_uri": "u", "trigger_info": {"alert": "DataDriftDetected"}}, params, "s"
+    )
+    assert json.loads(prepared["trigger_info"]) == {"alert": "DataDriftDetected"}
+
+
 @pytest.fixture(scope="module")
 def mlflow_store(tmp_path_factory):
     """A real MLflow tracking + registry store (SQLite, in process): what the pipeline's steps write to."""
@@ -336,6 +364,8 @@ def test_submit_and_wait_submits_the_package_follows_it_and_reads_the_outcome_fr
         "champion_version",
         "reason",
     }
+    # Read like the embedded run's dict (what the retrainer does with either).
+    assert result["model_version"] == "1" and result.get("promoted") is True and result.get("log") is None
 
     # A second, rejected run: its own version, found by its own submission id; the champion stays.
     client = FakeKfp(RUN_SEQUENCE, on_create=pipeline_writes(mlflow_store, promoted=False))
