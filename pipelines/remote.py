@@ -105,7 +105,7 @@ def step_progress(task_details: Iterable | None, now: datetime | None = None) ->
         if name not in STEPS:
             continue
         state = STATE_WORDS.get(str(task.state or "").upper(), "pending")
-        start, end = task.start_time, task.end_time
+        start, end = _time(task.start_time), _time(task.end_time)
         if start and end and state not in ("pending", "running"):
             seconds = (end - start).total_seconds()
         elif start and now and state == "running":
@@ -117,6 +117,11 @@ def step_progress(task_details: Iterable | None, now: datetime | None = None) ->
         if name not in steps or rank[state] >= rank[steps[name].state]:
             steps[name] = progress
     return {name: steps[name] for name in STEPS if name in steps}
+
+
+def _time(value: datetime | None) -> datetime | None:
+    """The API's times, with its way of saying "not yet" (1970-01-01) made None."""
+    return value if value is not None and value.year > 1970 else None
 
 
 def pipeline_parameters(package: dict) -> dict[str, dict]:
@@ -150,12 +155,14 @@ def prepare_arguments(arguments: dict, parameters: dict[str, dict], submission_i
     prepared = {}
     for name, value in {**defaults, **arguments}.items():
         kind = parameters[name]["type"]
-        if kind == "NUMBER_INTEGER":
-            if isinstance(value, bool) or float(value) != int(float(value)):
+        if kind in ("NUMBER_INTEGER", "NUMBER_DOUBLE"):
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise RemoteError(f"{name} must be a number, got {value!r}") from None
+            if kind == "NUMBER_INTEGER" and (isinstance(value, bool) or number != int(number)):
                 raise RemoteError(f"{name} must be a whole number, got {value!r}")
-            value = int(float(value))
-        elif kind == "NUMBER_DOUBLE":
-            value = float(value)
+            value = int(number) if kind == "NUMBER_INTEGER" else number
         elif kind == "BOOLEAN":
             value = value.strip().lower() in ("1", "true", "yes") if isinstance(value, str) else bool(value)
         elif kind == "STRING":
@@ -176,8 +183,8 @@ def for_cluster(arguments: dict) -> dict:
 
 def run_summary(run) -> dict:
     """A KFP run (V2beta1Run) as one status row."""
-    created, finished = run.created_at, run.finished_at
-    seconds = (finished - created).total_seconds() if created and finished and finished > created else None
+    created, finished = _time(run.created_at), _time(run.finished_at)
+    seconds = (finished - created).total_seconds() if created and finished else None
     return {
         "kfp_run_id": run.run_id,
         "name": run.display_name,

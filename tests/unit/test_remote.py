@@ -82,6 +82,12 @@ def test_step_progress_the_furthest_attempt_of_a_step_wins_and_errors_are_kept()
     assert steps["register"] == remote.StepProgress(
         "register", "failure", 2.0, "ConnectionError: MLflow not reachable"
     )
+    # The API says "not yet" with 1970-01-01: a pending step's time is not 55 years.
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    waiting = V2beta1PipelineTaskDetail(
+        display_name="train", state="RUNNING", start_time=epoch, end_time=epoch
+    )
+    assert remote.step_progress([waiting], now=T0)["train"].seconds == 0.0
     assert remote.step_progress(None) == {} and remote.step_progress([task("promote", None)])[
         "promote"
     ].state == ("pending")
@@ -117,6 +123,9 @@ def test_run_summary_and_recent_runs():
         "error": "",
     }
     assert rows[1]["state"] == "RUNNING" and rows[1]["seconds"] is None
+    unfinished = run("RUNNING")
+    unfinished.finished_at = datetime(1970, 1, 1, tzinfo=UTC)
+    assert remote.run_summary(unfinished)["seconds"] is None
 
 
 # --- the compiled package and the arguments the API receives ------------------------------
@@ -166,6 +175,8 @@ def test_prepare_arguments_refuses_what_the_server_would_refuse_obscurely(packag
         remote.prepare_arguments({"n_rows": 10}, params, "s")
     with pytest.raises(remote.RemoteError, match="n_rows must be a whole number"):
         remote.prepare_arguments({"mlflow_uri": "u", "n_rows": 10.5}, params, "s")
+    with pytest.raises(remote.RemoteError, match="severity must be a number, got 'high'"):
+        remote.prepare_arguments({"mlflow_uri": "u", "severity": "high"}, params, "s")
 
 
 def test_the_clis_arguments_fit_the_pipeline_once_pointed_at_the_cluster(package):
