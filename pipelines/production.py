@@ -2,10 +2,12 @@
 
 The mix rule (one place, documented in docs/retraining.md):
 
-- **training rows** = the latest ``n_rows`` *labelled* records the monitor holds, plus as many
-  fresh rows from the original (clean) distribution, capped at ``reference_rows``. Production
-  is never outnumbered, so the model learns the world as it is now; the clean rows keep it
-  sane if traffic swings back and fill in thin production data.
+- **training rows** = the latest ``n_rows`` *labelled* records the monitor holds, plus
+  ``reference_rows`` fresh rows from the original (clean) distribution (default 20,000, as many
+  as the first training had). The new model knows everything the old one knew plus what
+  production shows now, so the gate, which scores both on a holdout of this mix, compares
+  like with like. (With production rows alone, a few thousand rows lose to a champion trained
+  on 20,000, and under a pure covariate shift the gate rightly keeps the champion: measured.)
 - **drift reference** of the new version = the latest ``window_rows`` records served,
   labelled or not: the new model's "normal" is today's traffic, so a shift that has been
   retrained on stops counting as drift. (Taken when this step runs; a shift younger than the
@@ -62,7 +64,7 @@ def production_data(
             "or lower SANDBOX_RETRAIN_MIN_PRODUCTION_ROWS"
         )
     labelled[LABEL] = labelled[LABEL].astype(int)
-    clean = generate_loans(min(reference_rows, len(labelled)), seed) if reference_rows > 0 else None
+    clean = generate_loans(reference_rows, seed) if reference_rows > 0 else None
     training = pd.concat([labelled, clean], ignore_index=True) if clean is not None else labelled
     reference = records_frame(fetch(monitor_url, window_rows, False))
     return training.sample(frac=1.0, random_state=seed).reset_index(drop=True), reference

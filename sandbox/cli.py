@@ -592,40 +592,64 @@ def compile_(
 
 
 @app.command()
-def demo() -> None:
-    """The story so far: stack up, train and register a champion, serving picks it up, a prediction."""
-    import time
+def demo(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Last line: one JSON object with the timings.")
+    ] = False,
+    scenario: Annotated[str, typer.Option(help="The incident: a drift scenario.")] = "covariate_shift",
+    severity: Annotated[float, typer.Option(help="Incident strength, 0..3.")] = 1.0,
+    rps: Annotated[float, typer.Option(help="Traffic rate, requests/s (one row each).")] = 30.0,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds each step may take before the demo gives up.")
+    ] = 600.0,
+) -> None:
+    """The whole loop, timed: up, train v1, clean traffic, incident, alert, retrain, v2 serves, alert resolves."""
+    from pipelines.data import DataError
+    from pipelines.scenarios import check_scenario
+    from sandbox.demo import Timeline, demo_settings, run_demo
+    from sandbox.traffic import check_traffic
 
-    import httpx
+    try:
+        check_scenario(scenario, severity)
+        check_traffic(rps, 60, scenario, severity, 1)
+    except DataError as exc:
+        fail(str(exc))
+    if scenario == "none":
+        fail("the demo needs an incident: pick a drift scenario (e.g. --scenario covariate_shift)")
+    out = err if as_json else console
+    settings = demo_settings()
 
-    settings = Settings()
-    console.rule("1. the stack")
-    up(local=True, timeout=180)
-    console.rule("2. train-and-register")
-    train(
-        source="synthetic", scenario="none", severity=1.0, n_rows=20_000, seed=0, csv_path=None,
-        learning_rate=0.1, max_iter=200, max_depth=6, as_json=False, local=True,
-    )  # fmt: skip
-    console.rule("3. serving picks up the champion")
-    champion = champion_summary(settings)
-    deadline = time.monotonic() + 60 + settings.serving_poll_seconds
-    served = None
-    with console.status("waiting for serving to load the champion..."):
-        while time.monotonic() < deadline:
-            served = served_model(settings)
-            if served and champion and served["version"] == champion["version"]:
-                break
-            time.sleep(1)
-        else:
-            fail(f"serving did not load the champion in time; see {settings.logs_dir / 'serving.log'}")
-    example = httpx.get(f"{settings.serving_url}/model", timeout=5).json()["input_example"][:3]
-    answer = httpx.post(f"{settings.serving_url}/predict", json={"rows": example}, timeout=30).json()
-    console.print(f"POST {settings.serving_url}/predict with 3 example rows ->")
-    for row in answer:
-        console.print(f"  default={row['prediction']}  P={row['probability']:.3f}  (v{row['model_version']})")
-    console.rule("4. status")
-    status(as_json=False, local=True)
-    console.print(f"MLflow UI: {settings.mlflow_uri}   API docs: {settings.serving_url}/docs")
+    def on_event(event: dict) -> None:
+        detail = f"  [dim]{event['detail']}[/]" if event["detail"] else ""
+        out.print(f"[bold]{event['t']:7.1f}s[/]  {event['event']}{detail}")
+
+    with out.status("the demo...") as spinner:
+        result = run_demo(
+            settings, Timeline(on_event=on_event), scenario, severity, rps, timeout=timeout,
+            on_status=spinner.update,
+        )  # fmt: skip
+    summary = {
+        "completed": result.completed,
+        "time_to_detect_s": result.time_to_detect_s,
+        "time_to_retrain_s": result.time_to_retrain_s,
+        "time_to_recover_s": result.time_to_recover_s,
+        "champion_before": result.champion_before,
+        "champion_after": result.champion_after,
+        "report": result.report,
+    }
+    if not result.completed:
+        summary["failed_step"], summary["error"] = result.failed_step, result.error
+    table = Table(title="the loop", show_header=False)
+    for key, value in summary.items():
+        table.add_row(key, str(value))
+    out.print(table)
+    out.print(
+        f"the stack keeps running: [bold]sandbox status[/], monitor {settings.monitor_url}, stop with [bold]sandbox down[/]"
+    )
+    if as_json:
+        print(json.dumps(summary))
+    if not result.completed:
+        fail(f"the story did not complete at step '{result.failed_step}': {result.error}")
 
 
 if __name__ == "__main__":

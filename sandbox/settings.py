@@ -66,11 +66,12 @@ class Settings(BaseSettings):
     monitor_min_labelled_rows: int = 30
     monitor_max_body_bytes: int = 5_242_880
     # Retrainer (services/retrainer): an alert starts train-and-register at most once per cooldown,
-    # on the monitor's labelled production rows mixed with fresh reference-distribution rows.
+    # on the monitor's labelled production rows plus fresh rows of the original distribution.
     retrain_cooldown_seconds: float = 600.0
     retrain_production_rows: int = 5_000
     retrain_min_production_rows: int = 200
-    retrain_reference_rows: int = 2_000
+    retrain_reference_rows: int = 20_000  # clean rows added to production (pipelines/production.py)
+    retrain_window_rows: int = 2_000  # the new version's drift reference: the latest rows served
     retrain_timeout_seconds: float = 900.0
 
     # Shorter alert `for:` durations ({"DataDriftDetected": "10s"}) and Alertmanager grouping, for

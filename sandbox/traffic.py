@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -40,6 +41,19 @@ class TrafficSummary:
     @property
     def achieved_rps(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class TrafficControl:
+    """Steers a running :func:`run_traffic` from another thread: the scenario in force, or stop."""
+
+    scenario: str = "none"
+    severity: float = 1.0
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def switch(self, scenario: str, severity: float = 1.0) -> None:
+        check_scenario(scenario, severity)
+        self.scenario, self.severity = scenario, severity
 
 
 def check_loopback(host: str) -> None:
@@ -90,8 +104,13 @@ def run_traffic(
     rows_per_request: int = 1,
     seed: int = 0,
     on_progress: Callable[[TrafficSummary], None] = lambda summary: None,
+    control: TrafficControl | None = None,
 ) -> TrafficSummary:
-    """Send ``rps`` requests/s for ``duration`` s; post each row's true label ``label_delay`` s later."""
+    """Send ``rps`` requests/s for ``duration`` s; post each row's true label ``label_delay`` s later.
+
+    With a ``control``, its scenario replaces ``scenario``/``severity`` from the next request on,
+    and setting ``control.stop`` ends the run early.
+    """
     check_traffic(rps, duration, scenario, severity, rows_per_request)
     check_loopback(settings.host)
     clean = generate_loans(5_000, seed=12345)
@@ -101,6 +120,7 @@ def run_traffic(
     pending_labels: deque[tuple[float, list[dict]]] = deque()
     batch_rows = max(rows_per_request, int(rps * rows_per_request))  # generate about a second at a time
     buffer: list[tuple[dict, int]] = []
+    buffered_as = (scenario, severity)
     chunk = 0
     start = time.monotonic()
     with httpx.Client(timeout=10) as client:
@@ -119,9 +139,15 @@ def run_traffic(
                     summary.labels_failed += len(labels)
 
         while (elapsed := time.monotonic() - start) < duration:
+            if control is not None:
+                if control.stop.is_set():
+                    break
+                scenario, severity = control.scenario, control.severity
             due = start + summary.requests / rps
             if due > time.monotonic():
                 time.sleep(due - time.monotonic())
+            if (scenario, severity) != buffered_as:  # an incident starts now, not after the buffer
+                buffer, buffered_as = [], (scenario, severity)
             if len(buffer) < rows_per_request:
                 rows, truth = rows_with_truth(
                     batch_rows, scenario, severity, seed * 100_003 + chunk, reference_std

@@ -57,7 +57,7 @@ class TrainRequest:
             "monitor_url": settings.monitor_url,
             "reference_rows": settings.retrain_reference_rows,
             "min_production_rows": settings.retrain_min_production_rows,
-            "window_rows": settings.monitor_window_rows,
+            "window_rows": settings.retrain_window_rows,
             **DEFAULT_HYPERPARAMS,
             **self.hyperparams,
         }

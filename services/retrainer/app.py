@@ -114,7 +114,7 @@ def retrain_arguments(settings: Settings, alert: dict, seed: int) -> dict:
         "monitor_url": settings.monitor_url,
         "reference_rows": settings.retrain_reference_rows,
         "min_production_rows": settings.retrain_min_production_rows,
-        "window_rows": settings.monitor_window_rows,
+        "window_rows": settings.retrain_window_rows,
         "gate_metric": settings.gate_metric,
         "min_score": settings.gate_min_score,
         "tolerance": settings.gate_tolerance,

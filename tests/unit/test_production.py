@@ -28,12 +28,12 @@ def fake_monitor(labelled, recent):
     return fetch, calls
 
 
-def test_production_rows_are_never_outnumbered_and_the_reference_is_recent_traffic():
+def test_training_is_production_plus_clean_rows_and_the_reference_is_recent_traffic():
     fetch, calls = fake_monitor(records(600), records(300, shift=100, labelled=False))
     training, reference = production_data(
         "http://m", n_rows=5000, reference_rows=2000, window_rows=250, fetch=fetch
     )
-    assert len(training) == 1200  # 600 production + 600 clean (capped at the production count)
+    assert len(training) == 2600  # 600 production + 2,000 clean
     assert check_frame(training, LOAN_SCHEMA).ok
     assert len(reference) == 250 and reference["credit_score"].mean() < training["credit_score"].mean() - 50
     assert calls == [(5000, True), (250, False)]

@@ -1,0 +1,382 @@
+"""`sandbox demo`: the whole loop on the embedded stack, timed.
+
+up -> train v1 -> clean traffic with labels (no alert) -> incident -> DataDriftDetected fires
+-> the retrainer starts -> v2 registered and promoted by the gate -> serving swaps -> drift
+on v2's traffic is judged "no drift" -> the alert resolves. Each step waits for the real
+signal (Prometheus, MLflow, serving's /model, the monitor's verdict), never for a fixed time,
+and the report plots what Prometheus recorded over the run.
+
+The demo runs the stack with a *profile* of short intervals (``DEMO_OVERRIDES``): it is written
+into the services' supervisord environment, so a later ``sandbox up`` goes back to the defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from sandbox.settings import Settings
+
+# Short intervals so the story takes minutes: the monitor judges every 5 s on 1,500-row windows
+# (drift.py: smaller windows raise false flags), the alert needs 10 s instead of 1 min, and the
+# new version's drift reference is the last 1,200 rows served (more than Evidently's 1,000-row
+# switch to distances, fewer than the rows an incident produces before its retraining starts).
+DEMO_OVERRIDES: dict = {
+    "monitor_interval_seconds": 5,
+    "monitor_window_rows": 1500,
+    "monitor_min_rows": 1500,
+    "serving_poll_seconds": 2,
+    "retrain_cooldown_seconds": 180,
+    "retrain_min_production_rows": 300,
+    "retrain_window_rows": 1200,
+    "alert_for_overrides": {"DataDriftDetected": "10s"},
+    "alertmanager_group_wait": "1s",
+    "alertmanager_group_interval": "5s",
+}
+# The services read these from their environment; Prometheus and Alertmanager get rendered files.
+SERVICE_KEYS = ("monitor_", "serving_poll", "retrain_")
+ALERT = "DataDriftDetected"
+
+
+class DemoError(RuntimeError):
+    def __init__(self, step: str, message: str):
+        super().__init__(f"{step}: {message}")
+        self.step = step
+
+
+def demo_settings(base: Settings | None = None, **overrides) -> Settings:
+    base = base or Settings()
+    return base.model_copy(update={**DEMO_OVERRIDES, **overrides})
+
+
+def profile_env(settings: Settings) -> dict[str, str]:
+    """The demo's service settings as ``SANDBOX_*`` variables for the supervisord config."""
+    return {
+        f"SANDBOX_{key.upper()}": str(getattr(settings, key))
+        for key in DEMO_OVERRIDES
+        if key.startswith(SERVICE_KEYS)
+    }
+
+
+@dataclass
+class Timeline:
+    started: float = field(default_factory=time.time)
+    events: list[dict] = field(default_factory=list)
+    on_event: Callable[[dict], None] = lambda event: None
+
+    def add(self, name: str, detail: str = "", at: float | None = None) -> float:
+        at = time.time() if at is None else at
+        event = {"event": name, "at": at, "t": round(at - self.started, 1), "detail": detail}
+        self.events.append(event)
+        self.on_event(event)
+        return at
+
+
+# --- what the demo watches -----------------------------------------------------------------------
+
+
+def wait_for(step: str, check: Callable[[], object], timeout: float, interval: float = 1.0, hint: str = ""):
+    """Poll ``check`` until it returns something truthy; a timeout is a DemoError naming the step."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+        except (httpx.HTTPError, ValueError, KeyError):
+            value = None
+        if value:
+            return value
+        time.sleep(interval)
+    raise DemoError(step, f"did not happen within {timeout:.0f}s{'; ' + hint if hint else ''}")
+
+
+def prometheus_url(settings: Settings) -> str:
+    return f"http://{settings.host}:{settings.prometheus_port}"
+
+
+def alert_firing(settings: Settings, alertname: str = ALERT) -> bool:
+    query = f'ALERTS{{alertname="{alertname}", alertstate="firing"}}'
+    response = httpx.get(f"{prometheus_url(settings)}/api/v1/query", params={"query": query}, timeout=5)
+    return bool(response.json()["data"]["result"])
+
+
+def served_version(settings: Settings) -> str | None:
+    response = httpx.get(f"{settings.serving_url}/model", timeout=5)
+    return response.json()["version"] if response.status_code == 200 else None
+
+
+def champion_version(settings: Settings) -> str | None:
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.registry import current_champion
+
+    champion = current_champion(MlflowClient(settings.mlflow_uri), settings.model_name)
+    return champion.version if champion else None
+
+
+def monitor_verdict(settings: Settings) -> dict | None:
+    return httpx.get(f"{settings.monitor_url}/api/status", timeout=5).json().get("drift")
+
+
+def retrainer_status(settings: Settings) -> dict:
+    return httpx.get(f"{settings.retrainer_url}/api/status", timeout=5).json()
+
+
+def retraining_since(settings: Settings, since: float) -> dict | None:
+    """The retraining running now, or the last one if it started after ``since``."""
+    status = retrainer_status(settings)
+    last = status["last"]
+    return status["running"] or (last if last and last["started_at"] > since else None)
+
+
+def retraining_done(settings: Settings, run_id: str) -> dict | None:
+    status = retrainer_status(settings)
+    last = status["last"]
+    return last if status["running"] is None and last and last["id"] == run_id else None
+
+
+def verdict_on(settings: Settings, version: str, after: float) -> dict | None:
+    """The monitor's latest sufficient verdict on ``version`` made after ``after``, if any."""
+    drift = monitor_verdict(settings)
+    if (
+        drift
+        and drift.get("model_version") == version
+        and drift["evaluated_at"] > after
+        and drift["drift_share"] is not None
+    ):
+        return drift
+    return None
+
+
+# --- the story -----------------------------------------------------------------------------------
+
+
+@dataclass
+class DemoResult:
+    completed: bool
+    time_to_detect_s: float | None = None
+    time_to_retrain_s: float | None = None
+    time_to_recover_s: float | None = None
+    champion_before: str | None = None
+    champion_after: str | None = None
+    report: str | None = None
+    failed_step: str | None = None
+    error: str | None = None
+    events: list[dict] = field(default_factory=list)
+    traffic: dict = field(default_factory=dict)
+
+
+def run_demo(
+    settings: Settings,
+    timeline: Timeline,
+    scenario: str = "covariate_shift",
+    severity: float = 1.0,
+    rps: float = 30.0,
+    clean_evaluations: int = 3,
+    timeout: float = 600.0,
+    on_status: Callable[[str], None] = lambda message: None,
+    train_step: Callable[[Settings], dict] | None = None,
+) -> DemoResult:
+    """Run the story; every wait is bounded by ``timeout`` and fails naming its step."""
+    from sandbox import local_stack
+    from sandbox.traffic import TrafficControl, as_dict, run_traffic
+
+    result = DemoResult(completed=False, events=timeline.events)
+    control = TrafficControl()
+    traffic: dict = {}
+    sender = None
+    try:
+        on_status("starting the stack with the demo profile...")
+        local_stack.up(
+            settings, timeout=240, profile=profile_env(settings), on_ready=lambda n: on_status(f"{n} is up")
+        )
+        timeline.add("stack up")
+
+        on_status("train-and-register v1 on clean synthetic loans (kfp.local)...")
+        trained = (train_step or train_v1)(settings)
+        if not trained["promoted"]:
+            raise DemoError(
+                "train v1",
+                f"the gate kept the old champion: {trained['reason']} (`make clean` starts afresh)",
+            )
+        result.champion_before = trained["model_version"]
+        timeline.add("v1 champion", f"v{result.champion_before}, {trained['reason']}")
+        wait_for("serving loads v1", lambda: served_version(settings) == result.champion_before, 120,
+                 hint=f"see {settings.logs_dir / 'serving.log'}")  # fmt: skip
+        timeline.add("serving v1", f"v{result.champion_before}")
+
+        def send() -> None:
+            traffic["summary"] = run_traffic(
+                settings,
+                rps=rps,
+                duration=3600,
+                label_delay=2.0,
+                seed=int(time.time()) % 10_000,
+                control=control,
+            )
+
+        sender = threading.Thread(target=send, name="demo-traffic", daemon=True)
+        sender.start()
+        clean_start = timeline.add("clean traffic", f"{rps:g} req/s with labels 2 s later")
+        on_status(f"clean traffic: waiting for {clean_evaluations} monitor verdicts on full windows...")
+        verdicts: list[dict] = []
+
+        def clean_verdicts() -> bool:
+            after = verdicts[-1]["evaluated_at"] if verdicts else clean_start
+            if verdict := verdict_on(settings, result.champion_before, after):
+                verdicts.append(verdict)
+                if verdict["drift_share"] > 0 or alert_firing(settings):
+                    raise DemoError(
+                        "clean traffic", f"a false alarm on clean traffic: {verdict['drifted_features']}"
+                    )
+            return len(verdicts) >= clean_evaluations
+
+        fill = settings.monitor_min_rows / rps
+        wait_for("clean traffic", clean_verdicts, fill + timeout / 4)
+        timeline.add("clean: no drift", f"{len(verdicts)} verdicts, drift share 0, no alert")
+
+        control.switch(scenario, severity)
+        incident = timeline.add("incident", f"{scenario} (severity {severity:g})")
+        on_status(f"incident {scenario}: waiting for {ALERT} to fire in Prometheus...")
+        detected = wait_for(
+            "alert fires", lambda: alert_firing(settings) and time.time(), timeout, interval=0.5
+        )
+        timeline.add(f"{ALERT} firing", at=detected)
+        result.time_to_detect_s = round(detected - incident, 1)
+
+        on_status("waiting for the retrainer to take the alert...")
+        run = wait_for(
+            "retrainer starts",
+            lambda: retraining_since(settings, incident),
+            120,
+            interval=0.5,
+            hint=f"see {settings.logs_dir / 'retrainer.log'} and {settings.logs_dir / 'alertmanager.log'}",
+        )
+        timeline.add("retraining started", run["id"], at=run["started_at"])
+        on_status("retraining on production data (kfp.local): waiting for the gate...")
+        finished = wait_for(
+            "retraining finishes",
+            lambda: retraining_done(settings, run["id"]),
+            settings.retrain_timeout_seconds,
+        )
+        if finished["state"] != "promoted":
+            raise DemoError(
+                "v2 promoted",
+                f"the retraining ended {finished['state']}: {finished.get('error') or finished.get('gate_reason')}"
+                f" (log: {finished.get('log')})",
+            )
+        result.champion_after = finished["model_version"]
+        promoted = timeline.add(
+            "v2 champion", f"v{result.champion_after}: {finished['gate_reason']}", at=finished["finished_at"]
+        )
+        result.time_to_retrain_s = round(promoted - detected, 1)
+
+        wait_for("serving swaps to v2", lambda: served_version(settings) == result.champion_after, 120)
+        swapped = timeline.add("serving v2", f"v{result.champion_after}, zero-downtime swap")
+        on_status("waiting for the monitor to judge v2's traffic and the alert to resolve...")
+        fill = settings.monitor_min_rows / rps
+        verdict = wait_for(
+            "drift falls on v2",
+            lambda: verdict_on(settings, result.champion_after, swapped),
+            fill + timeout / 2,
+            interval=1.0,
+        )
+        if verdict["drift_share"] > 0:
+            raise DemoError("drift falls on v2", f"v2's traffic still drifts: {verdict['drifted_features']}")
+        timeline.add("v2: no drift", f"{verdict['rows']} rows judged", at=verdict["evaluated_at"])
+        resolved = wait_for("alert resolves", lambda: not alert_firing(settings) and time.time(), timeout / 2)
+        timeline.add(f"{ALERT} resolved", at=resolved)
+        result.time_to_recover_s = round(resolved - incident, 1)
+        result.completed = True
+    except DemoError as exc:
+        result.failed_step, result.error = exc.step, str(exc)
+        timeline.add("failed", str(exc))
+    finally:
+        control.stop.set()
+        if sender is not None:
+            sender.join(30)
+        if "summary" in traffic:
+            result.traffic = as_dict(traffic["summary"])
+    try:
+        result.report = str(write_report(settings, timeline, result))
+    except (httpx.HTTPError, OSError, KeyError, ValueError) as exc:  # the story stands without its plots
+        timeline.add("report failed", str(exc)[:200])
+    return result
+
+
+def train_v1(settings: Settings) -> dict:
+    from sandbox.training import TrainRequest, run_embedded
+
+    return run_embedded(TrainRequest(trigger="demo"), settings)
+
+
+# --- the report -----------------------------------------------------------------------------------
+
+REPORT_SERIES = {
+    "drift share": "sandbox_drift_share",
+    "requests/s": "sum(rate(sandbox_predictions_total[30s]))",
+    f"{ALERT} firing": f'max(ALERTS{{alertname="{ALERT}", alertstate="firing"}}) or vector(0)',
+}
+
+
+def query_range(settings: Settings, query: str, start: float, end: float, step: float = 5.0) -> list[tuple]:
+    response = httpx.get(
+        f"{prometheus_url(settings)}/api/v1/query_range",
+        params={"query": query, "start": start, "end": end, "step": step},
+        timeout=10,
+    )
+    response.raise_for_status()
+    series = response.json()["data"]["result"]
+    return [(float(t), float(v)) for t, v in series[0]["values"]] if series else []
+
+
+def write_report(settings: Settings, timeline: Timeline, result: DemoResult) -> Path:
+    """An HTML page: drift share, request rate and alert state from Prometheus, the events as lines."""
+    import datetime as dt
+
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    start, end = timeline.started, time.time()
+    figure = make_subplots(
+        rows=len(REPORT_SERIES), cols=1, shared_xaxes=True, subplot_titles=list(REPORT_SERIES)
+    )
+    for row, (title, query) in enumerate(REPORT_SERIES.items(), start=1):
+        points = query_range(settings, query, start, end)
+        figure.add_trace(
+            go.Scatter(
+                x=[dt.datetime.fromtimestamp(t) for t, _ in points],
+                y=[v for _, v in points],
+                name=title,
+                line_shape="hv" if "firing" in title else "linear",
+            ),
+            row=row,
+            col=1,
+        )
+    for event in timeline.events:
+        figure.add_vline(
+            x=dt.datetime.fromtimestamp(event["at"]).timestamp() * 1000, line_dash="dot", line_color="grey"
+        )
+    figure.update_layout(
+        height=800, showlegend=False, title="mlops-sandbox demo: the loop, as Prometheus saw it"
+    )
+    rows = "".join(
+        f"<tr><td>{e['t']:.1f}s</td><td>{e['event']}</td><td>{e['detail']}</td></tr>" for e in timeline.events
+    )
+    summary = {k: v for k, v in result.__dict__.items() if k not in ("events", "report")}
+    page = (
+        "<html><head><meta charset='utf-8'><title>mlops-sandbox demo</title></head><body style='font-family:sans-serif'>"
+        f"<h1>mlops-sandbox demo</h1><pre>{json.dumps(summary, indent=2)}</pre>"
+        f"<table border=1 cellpadding=4><tr><th>t</th><th>event</th><th>detail</th></tr>{rows}</table>"
+        + figure.to_html(full_html=False, include_plotlyjs=True)  # inline: the page works offline
+        + "</body></html>"
+    )
+    path = settings.home / "reports" / f"demo-{time.strftime('%Y%m%d-%H%M%S')}.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    return path
