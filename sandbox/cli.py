@@ -149,7 +149,7 @@ def kind_up(timeout: float) -> None:
     for name, url in ks.URLS.items():
         urls.add_row(name, url)
     console.print(urls)
-    console.print(f"Grafana: user admin, password: [bold]{ks.grafana_password_command()}[/]")
+    console.print(f"Grafana: user admin, password: [bold]{ks.grafana_password_command()}[/]", soft_wrap=True)
     console.print(
         "status: [bold]sandbox status --kind[/]; delete the cluster and stop everything: [bold]make down[/]"
     )

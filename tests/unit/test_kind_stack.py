@@ -6,6 +6,7 @@ status summary over real kubernetes client model objects.
 """
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -520,3 +521,52 @@ def test_the_repository_has_what_the_phases_apply_and_maps_the_ports_they_print(
     assert config["name"] == ks.CLUSTER
     mapped = {m["hostPort"] for node in config["nodes"] for m in node.get("extraPortMappings", [])}
     assert mapped == set(ks.HOST_PORTS)
+
+
+def test_sandbox_up_kind_runs_the_phases_and_prints_times_urls_and_the_grafana_login(monkeypatch):
+    from typer.testing import CliRunner
+
+    from sandbox import cli
+
+    runner = FakeDocker()
+    monkeypatch.setattr(ks, "run_command", runner)
+    monkeypatch.setattr(ks.shutil, "which", all_present)
+    monkeypatch.setattr(ks, "port_is_free", free)
+    monkeypatch.setattr(cli, "kind_champion_version", lambda settings: "3")  # a champion: training is skipped
+    result = CliRunner().invoke(cli.app, ["up", "--kind"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "champion v3 already registered; skipped" in result.output
+    for phase in ("create cluster", "build image", "install Kubeflow Pipelines", "serving rollout", "total"):
+        assert phase in result.output
+    for url in ks.URLS.values():
+        assert url in result.output
+    assert "get secret grafana-admin -o jsonpath" in result.output and "make down" in result.output
+    assert any(line.startswith("kind create cluster") for line in runner.lines())
+
+
+def test_sandbox_status_kind_shows_the_cluster_and_fails_when_something_is_wrong(monkeypatch):
+    from typer.testing import CliRunner
+
+    from sandbox import cli
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("SANDBOX_MLFLOW_PORT", str(port))
+    monkeypatch.setenv("SANDBOX_KFP_HOST", f"http://127.0.0.1:{port}")
+    broken = ks.summarize(
+        [deployment(n) for n in ks.DEPLOYMENTS if n != "monitor"] + [deployment("monitor", ready=0)],
+        [pod("monitor-x", restarts=4, waiting="CrashLoopBackOff", ready=False)],
+        [pvc("mlflow-data")],
+    )
+    monkeypatch.setattr(ks, "cluster_status", lambda context, namespace: broken)
+    table = CliRunner().invoke(cli.app, ["status", "--kind"], terminal_width=200)
+    assert table.exit_code == 1
+    assert "monitor-x: 4 restart(s) CrashLoopBackOff" in table.output
+    assert "problem: deployment monitor: 0/1 ready" in table.output
+    assert "KFP runs unavailable" in table.output and "PVCs: mlflow-data Bound 5Gi" in table.output
+    as_json = CliRunner().invoke(cli.app, ["status", "--kind", "--json"])
+    document = json.loads(as_json.output)
+    assert as_json.exit_code == 1 and document["cluster"] == broken and document["champion"] is None
+    assert document["kfp_runs"] is None and "does not answer" in document["kfp_error"]
+    assert document["urls"]["Grafana"] == "http://127.0.0.1:3001"
