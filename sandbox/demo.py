@@ -192,13 +192,22 @@ def run_demo(
     sender = None
     try:
         on_status("starting the stack with the demo profile...")
-        local_stack.up(
-            settings, timeout=240, profile=profile_env(settings), on_ready=lambda n: on_status(f"{n} is up")
-        )
+        try:
+            local_stack.up(
+                settings,
+                timeout=300,
+                profile=profile_env(settings),
+                on_ready=lambda n: on_status(f"{n} is up"),
+            )
+        except local_stack.StackError as exc:
+            raise DemoError("stack up", str(exc)) from exc
         timeline.add("stack up")
 
         on_status("train-and-register v1 on clean synthetic loans (kfp.local)...")
-        trained = (train_step or train_v1)(settings)
+        try:
+            trained = (train_step or train_v1)(settings)
+        except (RuntimeError, ValueError) as exc:  # a failed step or bad data, named by the message
+            raise DemoError("train v1", str(exc)) from exc
         if not trained["promoted"]:
             raise DemoError(
                 "train v1",

@@ -223,6 +223,7 @@ class Monitor:
         self.history: deque[dict] = deque(maxlen=config.history)
         self.models: dict = {"reachable": None}
         self.alerts: list[dict] | None = None
+        self.retraining: dict | None = None
         self.ingested_since_evaluation = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -314,8 +315,9 @@ class Monitor:
         """Models and aliases from MLflow, firing alerts from Alertmanager: cached for the status page."""
         models = self._models()
         alerts = self._alerts()
+        retraining = self._retraining()
         with self.lock:
-            self.models, self.alerts = models, alerts
+            self.models, self.alerts, self.retraining = models, alerts, retraining
 
     def _models(self) -> dict:
         from mlflow.exceptions import MlflowException
@@ -360,6 +362,16 @@ class Monitor:
         except (httpx.HTTPError, ValueError):
             return None  # not running (e.g. in tests): "unreachable" on the page
 
+    def _retraining(self) -> dict | None:
+        """The retrainer's running or last retraining (None: retrainer not reachable)."""
+        try:
+            response = httpx.get(f"{self.settings.retrainer_url}/api/status", timeout=1.0)
+            response.raise_for_status()
+            body = response.json()
+            return {"running": body.get("running"), "last": body.get("last")}
+        except (httpx.HTTPError, ValueError):
+            return None
+
     def run(self) -> None:
         log.info(
             "evaluator: every %.0fs, window %d rows / %.0fs, at least %d rows",
@@ -400,6 +412,7 @@ class Monitor:
             "serving_docs": f"{s.serving_url}/docs",
             "prometheus": f"http://{s.host}:{s.prometheus_port}",
             "alertmanager": s.alertmanager_url,
+            "retrainer": f"{s.retrainer_url}/api/status",
             "report": "/reports/latest",
             "metrics": "/metrics",
             "status_json": "/api/status",
@@ -410,6 +423,7 @@ class Monitor:
         with self.lock:
             latest, history = self.latest, list(self.history)
             models, alerts, report_at = self.models, self.alerts, self.report_generated_at
+            retraining = self.retraining
         return json_safe(
             {
                 "model_name": self.settings.model_name,
@@ -419,6 +433,7 @@ class Monitor:
                 "history": history[::-1],  # newest first
                 "store": {"path": str(self.config.database(self.settings)), **counts},
                 "alerts": alerts,
+                "retraining": retraining,
                 "evaluator_alive": self.evaluator_alive,
                 "config": asdict(self.config),
                 "links": self.links(),
@@ -610,6 +625,25 @@ VERDICT_STYLE = {
 }
 
 
+def _retraining_text(retraining: dict | None, url: str) -> str:
+    if retraining is None:
+        return f"retrainer not reachable at {_fmt(url)}"
+    if run := retraining.get("running"):
+        return f"<b>running</b> since {_ago(run.get('started_at'))}, started by {_fmt(run.get('alertname'))}"
+    last = retraining.get("last")
+    if not last:
+        return "none yet"
+    outcome = {"promoted": "promoted", "rejected": "rejected by the gate", "failed": "failed"}.get(
+        last["state"], last["state"]
+    )
+    detail = last.get("gate_reason") or last.get("error") or ""
+    version = f" v{_fmt(last.get('model_version'))}" if last.get("model_version") else ""
+    return (
+        f"last: {_fmt(last.get('alertname'))} {_ago(last.get('started_at'))} -> <b>{outcome}</b>{version}"
+        f" in {_fmt(last.get('seconds'))} s: {_fmt(detail)}"
+    )
+
+
 def render_status_page(status: dict, config: MonitorConfig) -> str:
     drift = status.get("drift") or {}
     color, verdict = VERDICT_STYLE.get(drift.get("verdict"), ("#757575", "not evaluated yet"))
@@ -655,6 +689,7 @@ def render_status_page(status: dict, config: MonitorConfig) -> str:
             f"<li><b>{_fmt(a['name'])}</b> ({_fmt(a['severity'])}, {_fmt(a['state'])}) since {_fmt(a['since'])}</li>"
             for a in alerts
         ) + "</ul>"  # fmt: skip
+    retraining_html = _retraining_text(status.get("retraining"), links["retrainer"])
     history_rows = "".join(
         f"<tr><td>{_ago(h.get('evaluated_at'))}</td><td>{_fmt(h.get('verdict'))}</td>"
         f"<td>{_fmt(h.get('drift_share'), 2)}</td><td>{_fmt(h.get('rows'))}</td><td>{_fmt(h.get('model_version'))}</td>"
@@ -689,6 +724,7 @@ tr.drifted td {{ color: #c62828; font-weight: bold }} .big {{ font-size: 2rem; f
 <h2>Models</h2>
 <table><tr><th>alias</th><th>version</th><th>metrics</th></tr>{model_rows}</table>
 <h2>Alerts</h2><p>{alerts_html}</p>
+<h2>Retraining</h2><p>{retraining_html}</p>
 <h2>Recent evaluations</h2>
 <table><tr><th>when</th><th>verdict</th><th>drift share</th><th>rows</th><th>version</th><th>drifted / error</th></tr>
 {history_rows}</table>
