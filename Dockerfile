@@ -14,8 +14,9 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 UV_NO_CACHE=1 UV_LINK_MOD
 RUN python3 -m venv /opt/uv && /opt/uv/bin/pip install -q "uv==0.13.9" && python3 -m venv /opt/venv
 WORKDIR /src
 # Dependencies first, from pyproject.toml alone: this layer is rebuilt only when they change.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
 RUN /opt/uv/bin/uv pip install --python /opt/venv/bin/python -r pyproject.toml
+COPY README.md ./
 COPY sandbox ./sandbox
 COPY pipelines ./pipelines
 COPY services ./services

