@@ -32,6 +32,7 @@ def load_data(
     reference_rows: int = 2000,
     min_production_rows: int = 200,
     window_rows: int = 2000,
+    reference_since: float = 0.0,
 ):
     from pipelines.data import load_data as load
     from pipelines.production import production_data
@@ -39,7 +40,7 @@ def load_data(
 
     if source == "production":  # the retrainer: the monitor's records, by the mix rule in production.py
         frame, drift_reference = production_data(
-            monitor_url, n_rows, min_production_rows, reference_rows, window_rows, seed
+            monitor_url, n_rows, min_production_rows, reference_rows, window_rows, seed, since=reference_since
         )
     else:
         frame = apply_scenario(load(source, n_rows, seed, csv_path), scenario, severity, seed)

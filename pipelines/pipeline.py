@@ -33,6 +33,7 @@ def train_and_register(
     reference_rows: int = 2000,
     min_production_rows: int = 200,
     window_rows: int = 2000,
+    reference_since: float = 0.0,
     params_json: str = "{}",
 ) -> str:
     data = c.load_data(
@@ -46,6 +47,7 @@ def train_and_register(
         reference_rows=reference_rows,
         min_production_rows=min_production_rows,
         window_rows=window_rows,
+        reference_since=reference_since,
     ).set_display_name("load-data")
     split = c.validate_data(data=data.outputs["data"], source=source, seed=seed).set_display_name(
         "validate-data"

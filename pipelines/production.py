@@ -10,13 +10,17 @@ The mix rule (one place, documented in docs/retraining.md):
   on 20,000, and under a pure covariate shift the gate rightly keeps the champion: measured.)
 - **drift reference** of the new version = the latest ``window_rows`` records served,
   labelled or not: the new model's "normal" is today's traffic, so a shift that has been
-  retrained on stops counting as drift. (Taken when this step runs; a shift younger than the
-  window leaves a mixed reference, drift persists, and the alert retrains again after the
-  retrainer's cooldown.)
+  retrained on stops counting as drift. With ``since`` (the retrainer passes the alert's start),
+  only records received after it count, and this step waits up to ``wait_seconds`` for
+  ``window_rows`` of them: a reference that mixed the old regime in would keep the drift alive
+  (measured: 1,200 rows taken right away were 30 % pre-incident, and v2 still drifted).
+  After the wait it takes the latest rows, whatever they are, and says so.
 - fewer than ``min_rows`` labelled records -> the run fails here, saying how to get labels.
 """
 
 from __future__ import annotations
+
+import time
 
 import httpx
 import pandas as pd
@@ -25,11 +29,14 @@ from pipelines.data import DataError, generate_loans
 from pipelines.features import LABEL, LOAN_SCHEMA, FeatureSchema
 
 
-def fetch_records(monitor_url: str, limit: int, labelled: bool, timeout: float = 30.0) -> list[dict]:
-    """The latest ``limit`` records from the monitor's ``GET /api/records``."""
+def fetch_records(
+    monitor_url: str, limit: int, labelled: bool, since: float | None = None, timeout: float = 30.0
+) -> list[dict]:
+    """The latest ``limit`` records (received at or after ``since``) from the monitor's ``GET /api/records``."""
     url = f"{monitor_url.rstrip('/')}/api/records"
+    params = {"limit": limit, "labelled": labelled, **({"since": since} if since else {})}
     try:
-        response = httpx.get(url, params={"limit": limit, "labelled": labelled}, timeout=timeout)
+        response = httpx.get(url, params=params, timeout=timeout)
         response.raise_for_status()
         return response.json()["records"]
     except (httpx.HTTPError, KeyError, ValueError) as exc:
@@ -46,6 +53,27 @@ def records_frame(records: list[dict], schema: FeatureSchema = LOAN_SCHEMA) -> p
     return frame
 
 
+def recent_records(
+    monitor_url: str, rows: int, since: float, wait_seconds: float, poll_seconds: float, fetch=fetch_records
+) -> list[dict]:
+    """``rows`` records received after ``since``, waiting for them; after the wait, the latest ``rows``."""
+    if since <= 0:
+        return fetch(monitor_url, rows, False)
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        found = fetch(monitor_url, rows, False, since)
+        if len(found) >= rows:
+            return found
+        if time.monotonic() >= deadline:
+            print(
+                f"only {len(found)} records arrived after {since:.0f} in {wait_seconds:.0f}s; the drift reference "
+                f"is the latest {rows} records, some from before (drift may persist)"
+            )
+            return fetch(monitor_url, rows, False)
+        print(f"drift reference: {len(found)} of {rows} records since the alert; waiting for traffic")
+        time.sleep(poll_seconds)
+
+
 def production_data(
     monitor_url: str,
     n_rows: int = 5_000,
@@ -53,6 +81,9 @@ def production_data(
     reference_rows: int = 2_000,
     window_rows: int = 2_000,
     seed: int = 0,
+    since: float = 0.0,
+    wait_seconds: float = 300.0,
+    poll_seconds: float = 2.0,
     fetch=fetch_records,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(training rows, drift reference)`` by the mix rule in this module's docstring."""
@@ -66,5 +97,7 @@ def production_data(
     labelled[LABEL] = labelled[LABEL].astype(int)
     clean = generate_loans(reference_rows, seed) if reference_rows > 0 else None
     training = pd.concat([labelled, clean], ignore_index=True) if clean is not None else labelled
-    reference = records_frame(fetch(monitor_url, window_rows, False))
+    reference = records_frame(
+        recent_records(monitor_url, window_rows, since, wait_seconds, poll_seconds, fetch)
+    )
     return training.sample(frac=1.0, random_state=seed).reset_index(drop=True), reference

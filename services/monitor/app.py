@@ -569,13 +569,15 @@ def create_app(settings: Settings | None = None, config: MonitorConfig | None = 
 
     @app.get("/api/records")
     def records(
-        limit: Annotated[int, Query(ge=1, le=MAX_EXPORT_ROWS)] = 5_000, labelled: bool = False
+        limit: Annotated[int, Query(ge=1, le=MAX_EXPORT_ROWS)] = 5_000,
+        labelled: bool = False,
+        since: Annotated[float | None, Query(ge=0, description="received at or after (unix s)")] = None,
     ) -> dict:
         """The latest ``limit`` stored records, oldest first (``labelled=true``: only those with a label).
 
         The retrainer's production data: what serving saw, with the ground truth that came back.
         """
-        found = store.export(limit, labelled_only=labelled)
+        found = store.export(limit, labelled_only=labelled, since=since)
         return {"count": len(found), "records": found}
 
     @app.get("/reports/latest")

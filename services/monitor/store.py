@@ -180,15 +180,15 @@ class RecordStore:
         since = -1.0 if max_age_seconds is None else (now or time.time()) - max_age_seconds
         return self._select("received_at >= ? AND label IS NOT NULL", (since,), max_rows)
 
-    def export(self, max_rows: int, labelled_only: bool = False) -> list[dict]:
-        """The latest ``max_rows`` records as stored (oldest first), for retraining on production data."""
-        where = "WHERE label IS NOT NULL " if labelled_only else ""
+    def export(self, max_rows: int, labelled_only: bool = False, since: float | None = None) -> list[dict]:
+        """The latest ``max_rows`` records (received at or after ``since``), oldest first, for retraining."""
+        where = "WHERE received_at >= ?" + (" AND label IS NOT NULL" if labelled_only else "")
         rows = (
             self._conn()
             .execute(
                 "SELECT request_id, ts, model_version, features, prediction, probability, label, received_at "
-                f"FROM records {where}ORDER BY received_at DESC, rowid DESC LIMIT ?",
-                (int(max_rows),),
+                f"FROM records {where} ORDER BY received_at DESC, rowid DESC LIMIT ?",
+                (-1.0 if since is None else float(since), int(max_rows)),
             )
             .fetchall()
         )

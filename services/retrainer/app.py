@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections import deque
@@ -101,6 +102,17 @@ class RetrainerMetrics:
 # --- the retrainer ---------------------------------------------------------------------------------
 
 
+def unix_seconds(timestamp: str) -> float:
+    """Alertmanager's RFC 3339 time (up to nanoseconds) as Unix seconds; 0.0 when unreadable."""
+    from datetime import datetime
+
+    micro = re.sub(r"(\.\d{6})\d+", r"\1", timestamp)  # datetime keeps microseconds
+    try:
+        return datetime.fromisoformat(micro.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
 def retrain_arguments(settings: Settings, alert: dict, seed: int) -> dict:
     """train-and-register's parameters for a retraining on production data, tagged with the alert."""
     alertname = alert["labels"].get("alertname", "unknown")
@@ -115,6 +127,8 @@ def retrain_arguments(settings: Settings, alert: dict, seed: int) -> dict:
         "reference_rows": settings.retrain_reference_rows,
         "min_production_rows": settings.retrain_min_production_rows,
         "window_rows": settings.retrain_window_rows,
+        # The new drift reference waits for rows served after the alert began (pipelines/production.py).
+        "reference_since": unix_seconds(alert.get("startsAt", "")),
         "gate_metric": settings.gate_metric,
         "min_score": settings.gate_min_score,
         "tolerance": settings.gate_tolerance,

@@ -21,7 +21,7 @@ def records(n, shift=0, labelled=True):
 def fake_monitor(labelled, recent):
     calls = []
 
-    def fetch(url, limit, want_labelled):
+    def fetch(url, limit, want_labelled, since=None):
         calls.append((limit, want_labelled))
         return (labelled if want_labelled else recent)[-limit:]
 
@@ -57,3 +57,33 @@ def test_records_frame_keeps_missing_values_and_unlabelled_rows():
     frame = records_frame(rows)
     assert list(frame.columns) == LOAN_SCHEMA.names + [LABEL]
     assert frame["income"].isna().sum() == 1 and frame[LABEL].isna().all()
+
+
+def test_with_since_the_reference_waits_for_rows_of_the_new_regime():
+    arrived = []  # what the monitor holds after the alert: grows by 100 rows a poll
+    shifted = records(400, shift=100, labelled=False)
+
+    def fetch(url, limit, want_labelled, since=None):
+        if want_labelled:
+            return records(500)
+        if since is None:
+            raise AssertionError("asked for rows from before the alert")
+        arrived.extend(shifted[len(arrived) : len(arrived) + 100])
+        return arrived[-limit:]
+
+    _, reference = production_data(
+        "http://m", window_rows=300, since=1.0, wait_seconds=30, poll_seconds=0, fetch=fetch
+    )
+    assert len(reference) == 300 and len(arrived) == 300
+
+
+def test_after_the_wait_the_reference_is_the_latest_rows_and_says_so(capsys):
+    asked = []
+
+    def fetch(url, limit, want_labelled, since=None):
+        asked.append(since)
+        return records(500) if want_labelled else records(50 if since else 300, labelled=False)
+
+    _, reference = production_data("http://m", window_rows=300, since=1.0, wait_seconds=0, fetch=fetch)
+    assert len(reference) == 300 and asked[-1] is None
+    assert "drift may persist" in capsys.readouterr().out

@@ -6,7 +6,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from sandbox.settings import Settings
-from services.retrainer.app import create_app
+from services.retrainer.app import create_app, unix_seconds
 from services.retrainer.policy import SKIP, TRIGGER, alert_key, decide
 
 
@@ -113,6 +113,7 @@ def test_a_firing_alert_starts_one_retraining_on_production_data(settings):
     assert arguments["source"] == "production" and arguments["trigger"] == "alert:DataDriftDetected"
     assert arguments["monitor_url"] == "http://127.0.0.1:18001"
     assert '"fingerprint": "abc"' in arguments["trigger_info"]
+    assert arguments["reference_since"] == unix_seconds("2026-11-24T10:00:00Z") > 0
     status = client.get("/api/status").json()
     assert status["running"] is None and status["last"]["state"] == "promoted"
     assert status["last"]["model_version"] == "2"
@@ -185,3 +186,17 @@ def test_garbage_json_is_422(settings):
     client, _ = client_for(settings, RecordingRunner())
     answer = client.post("/alerts", content=b"{not json", headers={"content-type": "application/json"})
     assert answer.status_code == 422 and "Alertmanager" in answer.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-11-25T00:11:46.465123456Z", 1795565506.465123),  # Alertmanager sends nanoseconds
+        ("2026-11-25T00:11:46Z", 1795565506.0),
+        ("2026-11-25T01:11:46+01:00", 1795565506.0),
+        ("not a time", 0.0),
+        ("", 0.0),
+    ],
+)
+def test_unix_seconds(text, expected):
+    assert unix_seconds(text) == pytest.approx(expected)
