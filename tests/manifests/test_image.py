@@ -69,6 +69,8 @@ def engine():
         pytest.fail("no Docker engine answers and this is not root with dockerd: apt-get install docker.io")
     WORK.mkdir(parents=True, exist_ok=True)
     rules_before = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+    forwarding = Path("/proc/sys/net/ipv4/ip_forward")
+    forwarding_before = forwarding.read_text()
     had_bridge = Path("/sys/class/net/docker0").exists()
     log = (WORK / "dockerd.log").open("w")
     daemon = subprocess.Popen(["dockerd"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -86,8 +88,11 @@ def engine():
         except subprocess.TimeoutExpired:
             daemon.kill()
         log.close()
+        # dockerd adds chains and NAT rules, sets FORWARD to DROP and turns IP forwarding on: undo all.
         if rules_before:
             subprocess.run(["iptables-restore"], input=rules_before, text=True, check=False)
+        if forwarding.read_text() != forwarding_before:
+            forwarding.write_text(forwarding_before)
         if not had_bridge and Path("/sys/class/net/docker0").exists():
             subprocess.run(["ip", "link", "delete", "docker0"], check=False)
 
