@@ -68,8 +68,8 @@ def render(path: Path) -> list[dict]:
 
 def kustomizations() -> list[Path]:
     """Every kustomization of the repo except manifests/kfp (remote upstream bases, fetched at `make up`)."""
-    found = sorted(p.parent for p in REPO_ROOT.glob("**/kustomization.yaml") if ".venv" not in p.parts)
-    return [p for p in found if not p.is_relative_to(MANIFESTS / "kfp") and "build" not in p.parts]
+    found = sorted(p.parent for root in (MANIFESTS, MONITORING) for p in root.glob("**/kustomization.yaml"))
+    return [p for p in found if not p.is_relative_to(MANIFESTS / "kfp")]
 
 
 def kind_node_version() -> str:
