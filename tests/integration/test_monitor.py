@@ -1,5 +1,6 @@
 """A real monitor process (uvicorn) against a real MLflow server with a registered model."""
 
+import functools
 import os
 import signal
 import sqlite3
@@ -42,6 +43,7 @@ def start_monitor(home: Path, mlflow_uri: str, port: int, factory_cli: bool = Fa
         "SANDBOX_MLFLOW_TRACKING_URI": mlflow_uri,
         "SANDBOX_MODEL_NAME": MODEL,
         "SANDBOX_ALERTMANAGER_PORT": str(free_port()),  # nothing listens: the page says "unreachable"
+        "SANDBOX_RETRAINER_PORT": str(free_port()),  # likewise, not a stack that may run on 8002
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     }
     if factory_cli:  # exactly how the stack runs it
@@ -137,9 +139,13 @@ def test_labels_update_and_unknown_ids_are_listed(monitor):
     assert counts(monitor)["labelled"] == before + 2
 
 
+@functools.cache
+def _valid_record() -> dict:
+    return {k: v for k, v in records_of(generate_loans(1, seed=3), "1")[0].items() if k != "label"}
+
+
 def _valid(**changes) -> dict:
-    record = {k: v for k, v in records_of(generate_loans(1, seed=3), "1")[0].items() if k != "label"}
-    return {**record, **changes}
+    return {**_valid_record(), **changes}
 
 
 def _chunked():
