@@ -22,8 +22,8 @@ FLOWS = {
     ("serving", "monitor", 8001),  # POST /ingest
     ("monitor", "mlflow", 5000),  # reference samples
     ("monitor", "alertmanager", 9093),  # firing alerts on the status page
+    ("monitor", "retrainer", 8002),  # the last retraining on the status page
     ("retrainer", "mlflow", 5000),  # the outcome of its runs
-    ("retrainer", "monitor", 8001),  # how much labelled data there is
     ("retrainer", "kfp-api", 8888),  # start and follow train-and-register
     ("prometheus", "serving", 3000),
     ("prometheus", "monitor", 8001),
