@@ -19,6 +19,11 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q -U pip uv
 	# uv resolves and installs this dependency set in seconds where pip takes minutes.
 	$(VENV)/bin/uv pip install -q --python $(PY) -e '.[dev]'
+	# checkov (tests/manifests) in a venv of its own: its pins (packaging<24) hold kfp back to 2.16
+	# when they share one, and the project image (no dev extras) gets 2.17.
+	python3 -m venv $(VENV)/tools/checkov
+	$(VENV)/bin/uv pip install -q --python $(VENV)/tools/checkov/bin/python 'checkov==3.3.30'
+	ln -sf ../tools/checkov/bin/checkov $(VENV)/bin/checkov
 	@$(MAKE) --no-print-directory system-packages
 	touch $@
 
