@@ -59,6 +59,7 @@ class MonitorStandIn:
 
     def __init__(self, port: int):
         self.port, self.records, self.mode = port, [], "ok"
+        self.posts: list[int] = []  # records per accepted POST
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -70,7 +71,9 @@ class MonitorStandIn:
                     self.send_response(503)
                     self.end_headers()
                     return
-                outer.records.extend(json.loads(body)["records"])
+                records = json.loads(body)["records"]
+                outer.records.extend(records)
+                outer.posts.append(len(records))
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
                 self.end_headers()

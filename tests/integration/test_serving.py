@@ -16,8 +16,9 @@ from pipelines.data import generate_loans
 from pipelines.features import LOAN_SCHEMA
 from pipelines.scenarios import apply_scenario
 from pipelines.train import features_only
+from services.serving.feed import MonitorFeed, ServedBatch
 from services.serving.model_store import example_rows
-from services.serving.rows import EXAMPLE_ROW
+from services.serving.rows import EXAMPLE_ROW, LoanRow, columns_of, model_frame
 from tests.conftest import free_port
 from tests.integration.serving_helpers import (
     VENV_BIN,
@@ -181,6 +182,50 @@ def test_feed_delivers_every_served_row_to_the_monitor(serving, v1, monitor):
     assert set(record) == {"request_id", "ts", "model_version", "features", "prediction", "probability"}
     assert record["model_version"] == v1 and set(record["features"]) == set(LOAN_SCHEMA.names)
     assert abs(record["ts"] - time.time()) < 60
+
+
+def test_the_model_frame_is_what_training_gives():
+    """predict builds its DataFrame from columns; the model must see what features_only gives it."""
+    frame = apply_scenario(generate_loans(40, seed=4), "missing_values", 1.0)
+    rows = [LoanRow.model_validate(row) for row in rows_of(frame)]
+    pd.testing.assert_frame_equal(
+        model_frame(columns_of(rows, LOAN_SCHEMA), LOAN_SCHEMA),
+        features_only(pd.DataFrame([row.model_dump() for row in rows]), LOAN_SCHEMA),
+    )
+
+
+def served_batch(n: int, first: int = 0) -> ServedBatch:
+    rows = [LoanRow.model_validate(row) for row in rows_of(generate_loans(n, seed=5))]
+    return ServedBatch(
+        time.time(), "7", [f"id-{first + i}" for i in range(n)], columns_of(rows, LOAN_SCHEMA),
+        [i % 2 for i in range(n)], [0.25] * n,
+    )  # fmt: skip
+
+
+def test_feed_queues_batches_counts_records_and_posts_at_most_batch_size():
+    stand_in = MonitorStandIn(free_port())
+    counts: dict[str, int] = {}
+
+    def count(outcome, n):
+        counts[outcome] = counts.get(outcome, 0) + n
+
+    feed = MonitorFeed(
+        f"http://127.0.0.1:{stand_in.port}", queue_size=100, batch_size=30, flush_seconds=0.1, count=count
+    )
+    try:
+        feed.submit(served_batch(60))
+        feed.submit(served_batch(50, first=60))  # 110 > 100 records: this batch is dropped whole, counted
+        assert counts == {"dropped_queue_full": 50} and feed.queued == 60
+        feed.start()
+        assert wait_until(lambda: counts.get("sent") == 60, timeout=20), counts
+        assert feed.queued == 0 and stand_in.posts == [30, 30]  # a 60-row batch went as 2 POSTs of 30
+        assert [r["request_id"] for r in stand_in.records] == [f"id-{i}" for i in range(60)]
+        record = stand_in.records[1]
+        assert record["model_version"] == "7" and record["prediction"] == 1 and record["probability"] == 0.25
+        assert set(record["features"]) == set(LOAN_SCHEMA.names)
+    finally:
+        feed.stop()
+        stand_in.stop()
 
 
 @pytest.mark.parametrize("mode", ["slow", "fail", "down"])
