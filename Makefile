@@ -92,7 +92,7 @@ train: setup ## Run train-and-register once on the running stack
 compile: setup ## Compile the pipeline to KFP IR in build/
 	$(SANDBOX) compile --output build/train-and-register.yaml
 
-demo: setup ## The story: stack up, train and register a champion, status
+demo: setup ## The loop, timed: up, v1, clean traffic, incident, alert, retrain, v2 serves, alert resolves
 	$(SANDBOX) demo
 
 clean: ## Stop the stack and remove state (.sandbox/) and build output
