@@ -18,7 +18,8 @@ What it measures, all on 127.0.0.1, against its own throw-away MLflow server (a 
    also counts statuses), else a Python load generator (asyncio + httpx). Latency covers every
    response; req/s counts 2xx responses only (a 503 shed by BentoML is an error, not throughput).
    Each case also records the CPU used meanwhile by processes outside this benchmark (a shared
-   machine's noise) and the load average.
+   machine's noise), the load average, and the server's own CPU per answered request (which a busy
+   machine disturbs far less than req/s).
 
 It prints a table (server | concurrency | rows/request | req/s | p50 ms | p99 ms | errors | req/s vs
 baseline), the floor, the monitor-feed delivery counts, errors found in the servers' logs, whether the
@@ -34,8 +35,10 @@ Run from the repository root (about 10 minutes with the defaults; servers take 2
         [--max-batch-size N] [--max-latency-ms MS] [--omp-threads N] [--servers ...]
         [--rounds N] [--repeats N] [--quiet-cpu PCT] [--load-generator auto|wrk|python] [--keep]
 
-``--workers`` and ``--omp-threads`` apply to the baseline and the service alike; ``--max-batch-size`` and
-``--max-latency-ms`` are passed to the service as ``SANDBOX_SERVING_MAX_BATCH_SIZE`` / ``_MAX_LATENCY_MS``.
+``--workers`` and ``--omp-threads`` apply to the baseline and the service alike (without ``--omp-threads`` the
+service still runs one native thread per worker, as it sets that itself, and the baseline one per core);
+``--max-batch-size`` and ``--max-latency-ms`` are passed to the service as ``SANDBOX_SERVING_MAX_BATCH_SIZE`` /
+``_MAX_LATENCY_MS``.
 Numbers jump between two instances of the same server (keep-alive connections stick to the worker that
 accepted them: each run records the split, e.g. [13, 3]) and with other load on the machine (recorded as
 others' CPU): ``--rounds 3`` (fresh instances, interleaved; the median-req/s run is shown), ``--repeats``
@@ -434,6 +437,18 @@ class OthersCpu:
         return max(0.0, 100 * (busy - self.busy - used_by_me) / wall) if wall > 0 else 0.0
 
 
+def server_cpu_seconds(server: Server) -> float:
+    """CPU seconds used so far by the server's processes (itself, its workers, what they reaped)."""
+    total = 0.0
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(server.proc.pid)
+        for proc in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                t = proc.cpu_times()
+                total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
 def wait_quiet(max_cpu: float, timeout: float) -> float:
     """Wait (up to ``timeout`` s) until other processes use less than ``max_cpu`` % CPU over 2 s."""
     if max_cpu <= 0:
@@ -585,7 +600,7 @@ def bench_server(
                     load(args.generator, url, body_path, concurrency, args.warmup, tmp)
                 for _ in range(args.repeats):
                     waited = wait_quiet(args.quiet_cpu, args.quiet_timeout)
-                    others = OthersCpu()
+                    others, cpu_before = OthersCpu(), server_cpu_seconds(proc)
                     split: list[int] = []
                     sampler = threading.Timer(
                         min(2.0, args.duration / 2),
@@ -595,9 +610,13 @@ def bench_server(
                     sampler.start()
                     result = load(args.generator, url, body_path, concurrency, args.duration, tmp)
                     sampler.cancel()
+                    cpu_used = server_cpu_seconds(proc) - cpu_before
                     result.update(
                         connections_per_worker=split,
                         others_cpu_pct=others.percent(),
+                        # The server's own CPU per answered request: far less sensitive to a busy machine than
+                        # req/s (what others take shows in waiting, not in the CPU a request costs).
+                        cpu_ms_per_request=1000 * cpu_used / result["ok"] if result["ok"] else 0.0,
                         load_avg_1m=os.getloadavg()[0],
                         waited_quiet_s=waited,
                         server=server, concurrency=concurrency, rows=n, round=round_no,
@@ -635,7 +654,10 @@ def representative(runs: list[dict]) -> dict:
     if len(runs) > 1:
         chosen["runs"] = [
             {"round": r["round"]}
-            | {k: round(r[k], 2) for k in ("req_per_s", "p50_ms", "p99_ms", "others_cpu_pct")}
+            | {
+                k: round(r[k], 2)
+                for k in ("req_per_s", "p50_ms", "p99_ms", "cpu_ms_per_request", "others_cpu_pct")
+            }
             | {"errors": r["errors"], "connections_per_worker": r["connections_per_worker"]}
             for r in runs
         ]
@@ -681,9 +703,24 @@ def evaluate_targets(cases: list[dict]) -> dict:
             }
     if off16 and on16:
         cost = 1 - on16["req_per_s"] / off16["req_per_s"] if off16["req_per_s"] else None
+        # Two more views, as the two servers' runs are minutes apart on a shared machine: the cost within each
+        # round (adjacent instances), and the extra CPU a request takes with the feed on.
+        off_runs = {r["round"]: r for r in off16.get("runs", [])}
+        paired = [
+            round(1 - r["req_per_s"] / off_runs[r["round"]]["req_per_s"], 3)
+            for r in on16.get("runs", [])
+            if r["round"] in off_runs and off_runs[r["round"]]["req_per_s"]
+        ]
+        cpu = (
+            on16["cpu_ms_per_request"] / off16["cpu_ms_per_request"] - 1
+            if off16["cpu_ms_per_request"]
+            else None
+        )
         targets["c"] = {
             "what": f"c=16 single-row: feed on costs < {TARGET_C_COST:.0%} req/s vs feed off",
             "cost": None if cost is None else round(cost, 3),
+            "cost_per_round": paired,
+            "cpu_per_request_cost": None if cpu is None else round(cpu, 3),
             "holds": bool(cost is not None and cost < TARGET_C_COST),
         }
     return targets
@@ -704,7 +741,7 @@ def print_report(summary: dict) -> None:
         + (f", service {s['service']}" if s["service"] != "services.serving.service:Serving" else "")
     )
     columns = ("server", "concurrency", "rows/request", "req/s", "p50 ms", "p99 ms", "errors", "vs baseline")
-    for column in (*columns, "others' CPU %"):
+    for column in (*columns, "server CPU ms/req", "others' CPU %"):
         table.add_column(column, justify="left" if column == "server" else "right")
     cases = summary["cases"]
     for n in s["rows_per_request"]:
@@ -722,12 +759,13 @@ def print_report(summary: dict) -> None:
                 table.add_row(
                     server, str(concurrency), str(n), f"{case['req_per_s']:.1f}", f"{case['p50_ms']:.1f}",
                     f"{case['p99_ms']:.1f}", errors, "—" if r is None else f"{r:.2f}x",
-                    f"{case['others_cpu_pct']:.0f}",
+                    f"{case['cpu_ms_per_request']:.2f}", f"{case['others_cpu_pct']:.0f}",
                 )  # fmt: skip
             table.add_section()
     out.print(table)
     out.print(
         "req/s counts 2xx responses; latency covers every response; errors = non-2xx + I/O errors; "
+        "server CPU ms/req = CPU of the server's processes per 2xx response; "
         f"others' CPU % = processes outside this benchmark during the case (of {os.cpu_count()}00%)"
     )
     for case, floor in summary["floor"].items():
@@ -792,7 +830,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--omp-threads",
         type=int,
-        help="OMP_NUM_THREADS for every server, baseline included (default: unset, one thread per core)",
+        help="OMP_NUM_THREADS for every server, baseline included (default: unset; the baseline then uses one "
+        "thread per core, the service sets 1 itself)",
     )
     parser.add_argument(
         "--service",
