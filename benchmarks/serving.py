@@ -601,6 +601,7 @@ def bench_server(
                 for _ in range(args.repeats):
                     waited = wait_quiet(args.quiet_cpu, args.quiet_timeout)
                     others, cpu_before = OthersCpu(), server_cpu_seconds(proc)
+                    feed_before = feed_metrics(base) if server == SERVICE_FEED else {}
                     split: list[int] = []
                     sampler = threading.Timer(
                         min(2.0, args.duration / 2),
@@ -611,6 +612,11 @@ def bench_server(
                     result = load(args.generator, url, body_path, concurrency, args.duration, tmp)
                     sampler.cancel()
                     cpu_used = server_cpu_seconds(proc) - cpu_before
+                    if server == SERVICE_FEED:  # drops are counted when a batch is queued: exact per run
+                        feed_after = feed_metrics(base)
+                        result["feed_dropped_queue_full"] = int(
+                            feed_after.get("dropped_queue_full", 0) - feed_before.get("dropped_queue_full", 0)
+                        )
                     result.update(
                         connections_per_worker=split,
                         others_cpu_pct=others.percent(),
@@ -627,6 +633,11 @@ def bench_server(
                         f"  {server:<13} c={concurrency:<3} rows={n:<3} {result['req_per_s']:8.1f} req/s  "
                         f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  errors {result['errors']}  "
                         f"(other processes {result['others_cpu_pct']:.0f}% CPU, connections per worker {split})"
+                        + (
+                            f", feed records dropped (queue full) {result['feed_dropped_queue_full']}"
+                            if "feed_dropped_queue_full" in result
+                            else ""
+                        )
                     )
                     cases.append(result)
         feed = None
@@ -659,6 +670,11 @@ def representative(runs: list[dict]) -> dict:
                 for k in ("req_per_s", "p50_ms", "p99_ms", "cpu_ms_per_request", "others_cpu_pct")
             }
             | {"errors": r["errors"], "connections_per_worker": r["connections_per_worker"]}
+            | (
+                {"feed_dropped_queue_full": r["feed_dropped_queue_full"]}
+                if "feed_dropped_queue_full" in r
+                else {}
+            )
             for r in runs
         ]
     return chosen
@@ -779,6 +795,14 @@ def print_report(summary: dict) -> None:
             f"monitor feed: /ingest got {feed['ingest_records']} records in {feed['ingest_posts']} POSTs; "
             f"service counters {feed['metrics'] or '(not found in /metrics)'}"
         )
+        drops = {
+            f"c={c['concurrency']} rows={c['rows']}": [
+                r.get("feed_dropped_queue_full") for r in c.get("runs", [c])
+            ]
+            for c in cases
+            if c["server"] == SERVICE_FEED
+        }
+        out.print(f"monitor feed records dropped because the queue was full, per case and run: {drops}")
     for server, problems in summary["log_problems"].items():
         if problems["count"]:
             out.print(f"[yellow]{server} log: {problems['count']} problem line(s)[/]")
