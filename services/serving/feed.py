@@ -1,18 +1,19 @@
 """Serving -> monitor feed: predictions never wait for it and never fail because of it.
 
-``submit`` puts one item per served batch on a queue bounded in records (a batch that does not
-fit is dropped and its records counted), and does nothing else on the request path: the
-``/ingest`` records of a ``ServedBatch`` are built by the sender thread, which batches them and
-POSTs them to the monitor, retrying with exponential backoff; a batch that still cannot be
-delivered is counted as dropped. Nothing is lost silently: sent + dropped + queued = submitted.
+``submit`` appends one item per served batch to a queue bounded in records (a batch that does not
+fit is dropped and its records counted), and does nothing else on the request path. The sender
+thread wakes every ``flush_seconds``, or as soon as ``batch_size`` records wait (not once per
+served batch: each wake-up takes the GIL from the request path). It takes everything queued,
+builds the ``/ingest`` records there, POSTs them ``batch_size`` at a time, retrying with
+exponential backoff; records that still cannot be delivered are counted as dropped. Nothing is
+lost silently: sent + dropped + queued (+ in flight) = submitted.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
-import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -67,10 +68,11 @@ class MonitorFeed:
         count: Callable[[str, int], None] = lambda outcome, n: None,
     ):
         self.url = url.rstrip("/") + "/ingest"
-        self.queue: queue.SimpleQueue[Batch] = queue.SimpleQueue()
+        self.pending: deque[Batch] = deque()
         self.queue_size = queue_size  # in records, not items
-        self.queued = 0  # records waiting in the queue
+        self.queued = 0  # records waiting in ``pending``
         self._lock = threading.Lock()
+        self._ready = threading.Event()  # set once batch_size records wait (or to stop)
         self.batch_size, self.flush_seconds = batch_size, flush_seconds
         self.max_retries, self.timeout = max_retries, timeout
         self.count = count  # count("sent" | "retried" | "dropped_queue_full" | "dropped_undeliverable", n)
@@ -83,26 +85,22 @@ class MonitorFeed:
         with self._lock:
             fits = self.queued + n <= self.queue_size
             if fits:
+                self.pending.append(batch)
                 self.queued += n
+                wake = self.queued >= self.batch_size and not self._ready.is_set()
         if not fits:
             self.count("dropped_queue_full", n)
-            return
-        self.queue.put(batch)
+        elif wake:
+            self._ready.set()
 
     def _take(self) -> list[dict]:
-        """Records of the queued batches, until ``batch_size`` records or ``flush_seconds`` have passed."""
+        """After ``flush_seconds``, or once ``batch_size`` records wait: the records of every queued batch."""
+        self._ready.wait(self.flush_seconds)
+        self._ready.clear()
+        with self._lock:
+            batches, self.pending, self.queued = self.pending, deque(), 0
         records: list[dict] = []
-        deadline = time.monotonic() + self.flush_seconds
-        while len(records) < self.batch_size:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                batch = self.queue.get(timeout=remaining)
-            except queue.Empty:
-                break
-            with self._lock:
-                self.queued -= len(batch)
+        for batch in batches:
             records.extend(batch.records() if isinstance(batch, ServedBatch) else batch)
         return records
 
@@ -131,12 +129,11 @@ class MonitorFeed:
 
     def run(self) -> None:
         with httpx.Client() as client:
-            while not self._stop.is_set() or not self.queue.empty():
+            while True:
                 records = self._take()
-                # A served batch can be larger than batch_size: POST at most batch_size records at a time.
-                for start in range(0, len(records), self.batch_size):
+                for start in range(0, len(records), self.batch_size):  # at most batch_size records a POST
                     self._send(client, records[start : start + self.batch_size])
-                if self._stop.is_set() and self.queue.empty():
+                if self._stop.is_set() and not self.pending:
                     break
 
     def start(self) -> None:
@@ -145,5 +142,6 @@ class MonitorFeed:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        self._ready.set()
         if self._thread:
             self._thread.join(timeout)
