@@ -11,8 +11,9 @@
   a POST without Content-Length 411; each with a reason, and nothing is stored.
 - Every ``interval_seconds`` a background thread evaluates the latest window (rows of the
   version that served the most recent record) against that version's reference sample
-  from MLflow, updates the gauges on ``/metrics``, and writes the HTML report
-  (``/reports/latest``). ``/api/status`` and ``/`` show it all; ``/healthz`` for probes.
+  from MLflow and updates the gauges on ``/metrics``. ``/reports/latest`` is Evidently's
+  data drift preset report of the last judged window, rendered when first asked for.
+  ``/api/status`` and ``/`` show it all; ``/healthz`` for probes.
 - ``GET /api/records?limit=N&labelled=true``: the latest stored records (the retrainer's
   production data).
 """
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Annotated
 
 import httpx
+import pandas as pd
 from fastapi import FastAPI, Query
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -44,6 +46,7 @@ from services.monitor.drift import (
     DEFAULT_MIN_LABELLED_ROWS,
     DEFAULT_MIN_ROWS,
     INSUFFICIENT,
+    drift_report_html,
     live_quality,
     load_reference,
     rows_of_latest_version,
@@ -220,6 +223,11 @@ class Monitor:
         self.lock = threading.Lock()
         self.latest: dict | None = None
         self.report_generated_at: float | None = None
+        # The last judged window and its reference, kept for the HTML report: rendering it costs
+        # ~1-2 s of plots, so it happens when someone opens /reports/latest, not every interval.
+        self._report_window: tuple[pd.DataFrame, pd.DataFrame, float] | None = None
+        self._report_rendered_for: float | None = None
+        self._report_lock = threading.Lock()
         self.history: deque[dict] = deque(maxlen=config.history)
         self.models: dict = {"reachable": None}
         self.alerts: list[dict] | None = None
@@ -257,8 +265,6 @@ class Monitor:
         if version is not None:
             labelled = labelled[labelled["model_version"].astype(str) == version]
         quality = live_quality(labelled, cfg.min_labelled_rows)
-        if result.html:
-            self._save_report(result.html)
         duration = time.monotonic() - started
         summary = {
             **result.to_dict(),
@@ -271,6 +277,8 @@ class Monitor:
         self._export(result, quality, len(labelled), duration, now)
         with self.lock:
             ingested, self.ingested_since_evaluation = self.ingested_since_evaluation, 0
+            if result.sufficient:
+                self._report_window = (rows, reference, now)
             self.latest = summary
             self.history.append({k: summary[k] for k in HISTORY_KEYS})
         log.info(
@@ -302,6 +310,21 @@ class Monitor:
         m.labelled_rows.set(labelled_rows)
         m.duration.set(duration)
         m.last_evaluation.set(now)
+
+    def report(self) -> Path | None:
+        """The HTML report of the last judged window (rendered now if that window has none yet); None before one."""
+        with self._report_lock:  # one rendering at a time; a second reader waits and gets the same file
+            with self.lock:
+                window = self._report_window
+            if window is not None and window[2] != self._report_rendered_for:
+                rows, reference, evaluated_at = window
+                started = time.monotonic()
+                self._save_report(drift_report_html(rows, reference, self.schema))
+                self._report_rendered_for = evaluated_at
+                log.info(
+                    "rendered the drift report of %d rows in %.2fs", len(rows), time.monotonic() - started
+                )
+        return self.report_path if self.report_path.is_file() else None
 
     def _save_report(self, text: str) -> None:
         self.report_path.parent.mkdir(parents=True, exist_ok=True)
@@ -582,12 +605,20 @@ def create_app(settings: Settings | None = None, config: MonitorConfig | None = 
 
     @app.get("/reports/latest")
     def latest_report():
-        if not monitor.report_path.is_file():
+        try:
+            path = monitor.report()
+        except Exception as exc:  # Evidently failing to draw must not take the page down with a traceback
+            log.exception("rendering the drift report failed")
+            return JSONResponse(
+                {"error": f"the drift report could not be rendered ({exc}); see the monitor's log"},
+                status_code=500,
+            )
+        if path is None:
             return JSONResponse(
                 {"error": f"no report yet: one is written once a window has {config.min_rows} rows"},
                 status_code=404,
             )
-        return FileResponse(monitor.report_path, media_type="text/html")
+        return FileResponse(path, media_type="text/html")
 
     @app.get("/healthz")
     def healthz() -> dict:
@@ -731,5 +762,5 @@ tr.drifted td {{ color: #c62828; font-weight: bold }} .big {{ font-size: 2rem; f
 <table><tr><th>when</th><th>verdict</th><th>drift share</th><th>rows</th><th>version</th><th>drifted / error</th></tr>
 {history_rows}</table>
 <p>Store: {store["records"]} records, {store["labelled"]} labelled ({_fmt(store["path"])}).
- Latest report: <a href="/reports/latest">HTML</a> ({_ago(status.get("report_generated_at"))}).</p>
+ Evidently report of the last judged window: <a href="/reports/latest">HTML</a> (rendered when opened).</p>
 </body></html>"""

@@ -16,9 +16,13 @@ from services.monitor.drift import (
     DRIFT,
     INSUFFICIENT,
     NO_DRIFT,
+    column_tests,
     evaluate_drift,
     live_quality,
+    prepare,
+    preset_features,
     rows_of_latest_version,
+    run_preset,
 )
 from services.monitor.store import RecordStore
 
@@ -54,7 +58,7 @@ def test_covariate_shift_flags_score_and_debt(reference, reference_std, clean):
     current = apply_scenario(
         generate_loans(WINDOW, seed=3), "covariate_shift", 1.0, reference_std=reference_std
     )
-    result = evaluate_drift(current, reference, LOAN_SCHEMA)
+    result = evaluate_drift(current, reference, LOAN_SCHEMA, render_html=True)
     assert result.verdict == DRIFT
     assert set(result.drifted_features) == {"credit_score", "debt_to_income"}
     assert result.drift_share > clean.drift_share
@@ -104,6 +108,30 @@ def test_small_reference_switches_to_p_value_tests():
     result = evaluate_drift(generate_loans(1_000, seed=9), reference, LOAN_SCHEMA, render_html=False)
     assert result.features["credit_score"].method == "K-S p_value"
     assert result.features["region"].method == "chi-square p_value"
+
+
+@pytest.mark.parametrize(
+    "scenario, reference_rows",
+    [("none", 5_000), ("covariate_shift", 5_000), ("new_category", 5_000), ("missing_values", 5_000),
+     ("covariate_shift", 800)],
+)  # fmt: skip
+def test_verdict_tests_are_the_presets(scenario, reference_rows, reference_std):
+    # The verdict calls the preset's per-column tests without its plots; Report([DataDriftPreset])
+    # must reach the same method, threshold, score and flag for every column (an Evidently
+    # upgrade that changes its selection fails here).
+    reference = generate_loans(reference_rows, seed=1)
+    current = apply_scenario(generate_loans(1_500, seed=11), scenario, 1.0, reference_std=reference_std)
+    cur, ref = prepare(current, LOAN_SCHEMA), prepare(reference, LOAN_SCHEMA)
+    ours = column_tests(cur, ref, LOAN_SCHEMA)
+    preset = preset_features(run_preset(current, reference, LOAN_SCHEMA))
+    assert set(ours) == set(preset) == set(LOAN_SCHEMA.names)
+    for name in LOAN_SCHEMA.names:
+        assert ours[name].method == preset[name].method, name
+        assert ours[name].threshold == preset[name].threshold, name
+        assert ours[name].drifted == preset[name].drifted, name
+        assert ours[name].score == pytest.approx(preset[name].score, rel=1e-9, abs=1e-12), name
+    if scenario == "covariate_shift":
+        assert ours["credit_score"].drifted
 
 
 def test_live_quality_and_its_minimum():
@@ -230,7 +258,11 @@ def test_monitor_evaluation_exports_gauges(tmp_path, reference, reference_std):
     assert sample("sandbox_monitor_verdict_sufficient") == 1
     assert sample("sandbox_live_accuracy") == 1.0  # the predictions were the labels
     assert sample("sandbox_monitor_labelled_rows") == 100
-    assert monitor.report_path.is_file()
+    # The preset's HTML report of that window is rendered when asked for, once per evaluation.
+    path = monitor.report()
+    assert path == monitor.report_path and "<html" in path.read_text()[:2000].lower()
+    rendered_at = path.stat().st_mtime_ns
+    assert monitor.report() == path and path.stat().st_mtime_ns == rendered_at
 
     # A new version with few rows yet: no verdict and no stale per-feature flags.
     store.insert_records([record(5_000 + i, version="4") for i in range(10)])
