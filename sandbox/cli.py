@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from sandbox.demo import DEMO_ROWS_PER_REQUEST
 from sandbox.settings import Settings
 
 app = typer.Typer(
@@ -598,7 +599,10 @@ def demo(
     ] = False,
     scenario: Annotated[str, typer.Option(help="The incident: a drift scenario.")] = "covariate_shift",
     severity: Annotated[float, typer.Option(help="Incident strength, 0..3.")] = 1.0,
-    rps: Annotated[float, typer.Option(help="Traffic rate, requests/s (one row each).")] = 30.0,
+    rps: Annotated[float, typer.Option(help="Traffic rate, requests/s.")] = 30.0,
+    rows_per_request: Annotated[
+        int, typer.Option(help="Loan applications per request.")
+    ] = DEMO_ROWS_PER_REQUEST,
     timeout: Annotated[
         float, typer.Option(help="Seconds each step may take before the demo gives up.")
     ] = 600.0,
@@ -611,7 +615,7 @@ def demo(
 
     try:
         check_scenario(scenario, severity)
-        check_traffic(rps, 60, scenario, severity, 1)
+        check_traffic(rps, 60, scenario, severity, rows_per_request)
     except DataError as exc:
         fail(str(exc))
     if scenario == "none":
@@ -625,8 +629,8 @@ def demo(
 
     with out.status("the demo...") as spinner:
         result = run_demo(
-            settings, Timeline(on_event=on_event), scenario, severity, rps, timeout=timeout,
-            on_status=spinner.update,
+            settings, Timeline(on_event=on_event), scenario, severity, rps, rows_per_request,
+            timeout=timeout, on_status=spinner.update,
         )  # fmt: skip
     summary = {
         "completed": result.completed,
