@@ -61,7 +61,7 @@ class MonitorFeed:
         self,
         url: str,
         queue_size: int = 10_000,
-        batch_size: int = 500,
+        batch_size: int = 2000,
         flush_seconds: float = 0.5,
         max_retries: int = 3,
         timeout: float = 2.0,
