@@ -12,7 +12,6 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sandbox.demo import DEMO_ROWS_PER_REQUEST
 from sandbox.settings import Settings
 
 app = typer.Typer(
@@ -601,8 +600,8 @@ def demo(
     severity: Annotated[float, typer.Option(help="Incident strength, 0..3.")] = 1.0,
     rps: Annotated[float, typer.Option(help="Traffic rate, requests/s.")] = 30.0,
     rows_per_request: Annotated[
-        int, typer.Option(help="Loan applications per request.")
-    ] = DEMO_ROWS_PER_REQUEST,
+        int | None, typer.Option(help="Loan applications per request (default: the demo's, 2).")
+    ] = None,
     timeout: Annotated[
         float, typer.Option(help="Seconds each step may take before the demo gives up.")
     ] = 600.0,
@@ -610,9 +609,11 @@ def demo(
     """The whole loop, timed: up, train v1, clean traffic, incident, alert, retrain, v2 serves, alert resolves."""
     from pipelines.data import DataError
     from pipelines.scenarios import check_scenario
-    from sandbox.demo import Timeline, demo_settings, run_demo
+    from sandbox.demo import DEMO_ROWS_PER_REQUEST, Timeline, demo_settings, run_demo
     from sandbox.traffic import check_traffic
 
+    if rows_per_request is None:  # the default lives in sandbox.demo, imported here: it pulls in httpx
+        rows_per_request = DEMO_ROWS_PER_REQUEST
     try:
         check_scenario(scenario, severity)
         check_traffic(rps, 60, scenario, severity, rows_per_request)

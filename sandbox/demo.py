@@ -296,7 +296,6 @@ def run_demo(
         wait_for("serving swaps to v2", lambda: served_version(settings) == result.champion_after, 120)
         swapped = timeline.add("serving v2", f"v{result.champion_after}, zero-downtime swap")
         on_status("waiting for the monitor to judge v2's traffic and the alert to resolve...")
-        fill = settings.monitor_min_rows / (rps * rows_per_request)
         verdict = wait_for(
             "drift falls on v2",
             lambda: verdict_on(settings, result.champion_after, swapped),

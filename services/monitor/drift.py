@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -74,7 +75,6 @@ class DriftResult:
     drift_share: float | None = None  # share of features flagged; None when there is too little data
     features: dict[str, FeatureDrift] = field(default_factory=dict)
     model_version: str | None = None
-    html: str | None = field(default=None, repr=False)
 
     @property
     def sufficient(self) -> bool:
@@ -86,7 +86,6 @@ class DriftResult:
 
     def to_dict(self) -> dict:
         out = asdict(self)
-        out.pop("html")
         out["drifted_features"] = self.drifted_features
         return out
 
@@ -114,7 +113,6 @@ def evaluate_drift(
     min_rows: int = DEFAULT_MIN_ROWS,
     min_drifted_features: int = 1,
     max_missing_increase: float = DEFAULT_MAX_MISSING_INCREASE,
-    render_html: bool = False,
     model_version: str | None = None,
 ) -> DriftResult:
     """The data drift preset's per-column tests over the schema's features, plus the missing-share check.
@@ -123,7 +121,6 @@ def evaluate_drift(
     a small window differs from any reference by chance, and that must not alarm (and
     ``reference`` may then be None, so a caller need not fetch it).
     The verdict is ``drift`` when at least ``min_drifted_features`` features are flagged.
-    ``render_html`` adds the preset's HTML report (about a second more).
     """
     reference_rows = 0 if reference is None else len(reference)
     base = dict(
@@ -136,7 +133,6 @@ def evaluate_drift(
     cur, ref = prepare(current, schema), prepare(reference, schema)
     testable = testable_columns(cur, ref, schema)
     evidently_drift = column_tests(cur[testable], ref[testable], schema) if testable else {}
-    html = drift_report_html(current, reference, schema) if render_html and testable else None
     features = {}
     for name in schema.names:
         missing, ref_missing = float(cur[name].isna().mean()), float(ref[name].isna().mean())
@@ -154,7 +150,6 @@ def evaluate_drift(
         verdict=DRIFT if drifted >= min_drifted_features else NO_DRIFT,
         drift_share=drifted / len(schema.names),
         features=features,
-        html=html,
         **base,
     )
 
@@ -222,6 +217,18 @@ def run_preset(current: pd.DataFrame, reference: pd.DataFrame, schema: FeatureSc
 def drift_report_html(current: pd.DataFrame, reference: pd.DataFrame, schema: FeatureSchema) -> str:
     """The data drift preset's HTML report (self-contained) of a window against its reference."""
     return run_preset(current, reference, schema).get_html_str(as_iframe=False)
+
+
+def preset_mismatches(ours: dict[str, FeatureDrift], preset: dict[str, FeatureDrift]) -> list[str]:
+    """Where ``column_tests`` and the preset disagree (column: what); empty when they agree."""
+    if ours.keys() != preset.keys():
+        return [f"columns: {sorted(ours)} vs {sorted(preset)}"]
+    return [
+        f"{name}: {o} vs {p}"
+        for name, (o, p) in ((n, (ours[n], preset[n])) for n in ours)
+        if (o.method, o.threshold, o.drifted) != (p.method, p.threshold, p.drifted)
+        or not math.isclose(o.score, p.score, rel_tol=1e-9, abs_tol=1e-12)
+    ]
 
 
 def preset_features(snapshot) -> dict[str, FeatureDrift]:

@@ -17,10 +17,12 @@ from services.monitor.drift import (
     INSUFFICIENT,
     NO_DRIFT,
     column_tests,
+    drift_report_html,
     evaluate_drift,
     live_quality,
     prepare,
     preset_features,
+    preset_mismatches,
     rows_of_latest_version,
     run_preset,
 )
@@ -41,7 +43,7 @@ def reference_std(reference):
 
 @pytest.fixture(scope="module")
 def clean(reference):
-    return evaluate_drift(generate_loans(WINDOW, seed=2), reference, LOAN_SCHEMA, render_html=False)
+    return evaluate_drift(generate_loans(WINDOW, seed=2), reference, LOAN_SCHEMA)
 
 
 def test_clean_window_has_no_drift(clean):
@@ -58,18 +60,18 @@ def test_covariate_shift_flags_score_and_debt(reference, reference_std, clean):
     current = apply_scenario(
         generate_loans(WINDOW, seed=3), "covariate_shift", 1.0, reference_std=reference_std
     )
-    result = evaluate_drift(current, reference, LOAN_SCHEMA, render_html=True)
+    result = evaluate_drift(current, reference, LOAN_SCHEMA)
     assert result.verdict == DRIFT
     assert set(result.drifted_features) == {"credit_score", "debt_to_income"}
     assert result.drift_share > clean.drift_share
     assert result.drift_share == pytest.approx(2 / len(LOAN_SCHEMA.names))
     assert result.features["credit_score"].score > result.features["credit_score"].threshold
-    assert result.html and "<html" in result.html[:2000].lower()
+    assert "<html" in drift_report_html(current, reference, LOAN_SCHEMA)[:2000].lower()
 
 
 def test_new_category_flags_region(reference):
     current = apply_scenario(generate_loans(WINDOW, seed=4), "new_category", 1.0)
-    result = evaluate_drift(current, reference, LOAN_SCHEMA, render_html=False)
+    result = evaluate_drift(current, reference, LOAN_SCHEMA)
     assert result.drifted_features == ["region"]
     assert result.verdict == DRIFT
 
@@ -81,14 +83,14 @@ def test_too_few_rows_is_insufficient_without_flags(reference, reference_std):
     assert result.verdict == INSUFFICIENT
     assert not result.sufficient
     assert result.features == {} and result.drifted_features == []
-    assert result.drift_share is None and result.html is None
+    assert result.drift_share is None
     # No reference needed to say so (the monitor does not fetch one for a small window).
     assert evaluate_drift(current, None, LOAN_SCHEMA, min_rows=200).verdict == INSUFFICIENT
 
 
 def test_missing_values_are_flagged_by_missing_share(reference):
     current = apply_scenario(generate_loans(WINDOW, seed=6), "missing_values", 1.0)
-    result = evaluate_drift(current, reference, LOAN_SCHEMA, render_html=False)
+    result = evaluate_drift(current, reference, LOAN_SCHEMA)
     assert set(result.drifted_features) == {"income", "employment_years", "credit_score"}
     assert result.features["income"].missing_share == pytest.approx(0.3, abs=0.05)
     assert result.features["income"].method.endswith("missing share")
@@ -97,7 +99,7 @@ def test_missing_values_are_flagged_by_missing_share(reference):
 def test_all_missing_column_does_not_break_the_evaluation(reference):
     current = generate_loans(WINDOW, seed=7)
     current["income"], current["purpose"] = np.nan, None
-    result = evaluate_drift(current, reference, LOAN_SCHEMA, render_html=False)
+    result = evaluate_drift(current, reference, LOAN_SCHEMA)
     assert set(result.drifted_features) == {"income", "purpose"}
     assert math.isnan(result.features["income"].score)
     assert result.features["income"].missing_share == 1.0
@@ -105,7 +107,7 @@ def test_all_missing_column_does_not_break_the_evaluation(reference):
 
 def test_small_reference_switches_to_p_value_tests():
     reference = generate_loans(800, seed=8)  # at most 1,000 reference rows: K-S and chi-square
-    result = evaluate_drift(generate_loans(1_000, seed=9), reference, LOAN_SCHEMA, render_html=False)
+    result = evaluate_drift(generate_loans(1_000, seed=9), reference, LOAN_SCHEMA)
     assert result.features["credit_score"].method == "K-S p_value"
     assert result.features["region"].method == "chi-square p_value"
 
@@ -125,11 +127,7 @@ def test_verdict_tests_are_the_presets(scenario, reference_rows, reference_std):
     ours = column_tests(cur, ref, LOAN_SCHEMA)
     preset = preset_features(run_preset(current, reference, LOAN_SCHEMA))
     assert set(ours) == set(preset) == set(LOAN_SCHEMA.names)
-    for name in LOAN_SCHEMA.names:
-        assert ours[name].method == preset[name].method, name
-        assert ours[name].threshold == preset[name].threshold, name
-        assert ours[name].drifted == preset[name].drifted, name
-        assert ours[name].score == pytest.approx(preset[name].score, rel=1e-9, abs=1e-12), name
+    assert preset_mismatches(ours, preset) == []  # method, threshold, flag, score (rel 1e-9)
     if scenario == "covariate_shift":
         assert ours["credit_score"].drifted
 
