@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +49,33 @@ class PipelineError(RuntimeError):
     """The run failed; the message names the step, its first error and the full log."""
 
 
+class Watchdog:
+    """Kills a child's process group when its deadline passes, whether or not it prints anything.
+
+    (A deadline checked between output lines never fires on a child that hangs silently.)
+    """
+
+    def __init__(self, proc: subprocess.Popen, timeout: float | None):
+        self.proc, self.fired = proc, False
+        self.timer = None if timeout is None else threading.Timer(timeout, self._kill)
+        if self.timer is not None:
+            self.timer.daemon = True
+
+    def _kill(self) -> None:
+        self.fired = True
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def __enter__(self) -> Watchdog:
+        if self.timer is not None:
+            self.timer.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+
+
 def run_in_child(
     arguments: dict,
     pipeline_root: str | Path,
@@ -62,14 +93,15 @@ def run_in_child(
     states: dict[str, str] = {}
     step_seconds: dict[str, float] = {}
     result, error = None, None
-    deadline = None if timeout is None else time.monotonic() + timeout
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with (
         log_path.open("w") as log,
         subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+            start_new_session=True,  # its own process group: the watchdog kills the steps it started too
         ) as proc,
-    ):
+        Watchdog(proc, timeout) as watchdog,
+    ):  # fmt: skip
         for raw in proc.stdout:
             log.write(raw)
             line = ANSI.sub("", raw.rstrip("\n"))
@@ -86,10 +118,8 @@ def run_in_child(
                 on_step(step, match[3].lower(), step_seconds[step])
             elif (match := ERROR_LINE.match(line)) and error is None:  # the step's own error, not the wrap-up
                 error = f"{match[1].rsplit('.', 1)[-1]}: {match[2]}"
-            if deadline is not None and time.monotonic() > deadline:
-                proc.kill()
-                error = f"timed out after {timeout:.0f}s"
-                break
+    if watchdog.fired:
+        error = f"timed out after {timeout:.0f}s"
     if proc.returncode != 0 or result is None:
         failed = next((step for step, state in states.items() if state != "success"), "pipeline")
         raise PipelineError(f"step {failed!r} failed: {error or 'see the log'} (full log: {log_path})")
@@ -102,8 +132,6 @@ def main() -> None:
     The control plane runs the pipeline in a child process so it can follow the
     steps from kfp.local's log and keep its own terminal output clean.
     """
-    import sys
-
     arguments, pipeline_root = json.loads(sys.argv[1]), sys.argv[2]
     result = run_local(arguments, pipeline_root)
     print(RESULT_MARKER + json.dumps(result), flush=True)

@@ -448,6 +448,8 @@ def send_traffic(
             )
     except DataError as exc:
         fail(str(exc))
+    except Exception as exc:  # the sender itself died: say so plainly, not as a traceback
+        fail(f"the traffic stopped: {type(exc).__name__}: {exc} (run again with -v for the service logs)")
     if incident:
         record_incident(settings, summary)
     if as_json:
@@ -630,20 +632,10 @@ def demo(
 
     with out.status("the demo...") as spinner:
         result = run_demo(
-            settings, Timeline(on_event=on_event), scenario, severity, rps, rows_per_request,
-            timeout=timeout, on_status=spinner.update,
+            settings, Timeline(on_event=on_event), scenario=scenario, severity=severity, rps=rps,
+            rows_per_request=rows_per_request, timeout=timeout, on_status=spinner.update,
         )  # fmt: skip
-    summary = {
-        "completed": result.completed,
-        "time_to_detect_s": result.time_to_detect_s,
-        "time_to_retrain_s": result.time_to_retrain_s,
-        "time_to_recover_s": result.time_to_recover_s,
-        "champion_before": result.champion_before,
-        "champion_after": result.champion_after,
-        "report": result.report,
-    }
-    if not result.completed:
-        summary["failed_step"], summary["error"] = result.failed_step, result.error
+    summary = result.summary()
     table = Table(title="the loop", show_header=False)
     for key, value in summary.items():
         table.add_row(key, str(value))

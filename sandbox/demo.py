@@ -13,7 +13,6 @@ into the services' supervisord environment, so a later ``sandbox up`` goes back 
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +20,9 @@ from pathlib import Path
 
 import httpx
 
+from sandbox.background import Background, BackgroundDied
 from sandbox.settings import Settings
+from sandbox.traffic import MAX_DURATION_S, TrafficControl, TrafficSummary, as_dict, run_traffic
 
 # Short intervals so the story takes minutes: the monitor judges every 5 s on 1,500-row windows
 # (drift.py: smaller windows raise false flags), the alert needs 10 s instead of 1 min, and the
@@ -84,19 +85,8 @@ class Timeline:
 
 # --- what the demo watches -----------------------------------------------------------------------
 
-
-def wait_for(step: str, check: Callable[[], object], timeout: float, interval: float = 1.0, hint: str = ""):
-    """Poll ``check`` until it returns something truthy; a timeout is a DemoError naming the step."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-        except (httpx.HTTPError, ValueError, KeyError):
-            value = None
-        if value:
-            return value
-        time.sleep(interval)
-    raise DemoError(step, f"did not happen within {timeout:.0f}s{'; ' + hint if hint else ''}")
+# What a poll may meet while a service starts or swaps: not an answer yet, poll again.
+TRANSIENT = (httpx.HTTPError, ValueError, KeyError)
 
 
 def prometheus_url(settings: Settings) -> str:
@@ -112,15 +102,6 @@ def alert_firing(settings: Settings, alertname: str = ALERT) -> bool:
 def served_version(settings: Settings) -> str | None:
     response = httpx.get(f"{settings.serving_url}/model", timeout=5)
     return response.json()["version"] if response.status_code == 200 else None
-
-
-def champion_version(settings: Settings) -> str | None:
-    from mlflow.tracking import MlflowClient
-
-    from pipelines.registry import current_champion
-
-    champion = current_champion(MlflowClient(settings.mlflow_uri), settings.model_name)
-    return champion.version if champion else None
 
 
 def monitor_verdict(settings: Settings) -> dict | None:
@@ -168,49 +149,114 @@ class DemoResult:
     time_to_recover_s: float | None = None
     champion_before: str | None = None
     champion_after: str | None = None
+    requests: int = 0
+    failed_requests: int = 0
     report: str | None = None
     failed_step: str | None = None
     error: str | None = None
     events: list[dict] = field(default_factory=list)
     traffic: dict = field(default_factory=dict)
 
+    def summary(self) -> dict:
+        """What ``sandbox demo --json`` prints: the timings, the versions, requests and failures."""
+        keys = ["completed", "time_to_detect_s", "time_to_retrain_s", "time_to_recover_s", "champion_before",
+                "champion_after", "requests", "failed_requests", "report"]  # fmt: skip
+        if not self.completed:
+            keys += ["failed_step", "error"]
+        return {key: getattr(self, key) for key in keys}
 
-def run_demo(
-    settings: Settings,
-    timeline: Timeline,
-    scenario: str = "covariate_shift",
-    severity: float = 1.0,
-    rps: float = 30.0,
-    rows_per_request: int = DEMO_ROWS_PER_REQUEST,
-    clean_evaluations: int = 3,
-    timeout: float = 600.0,
-    on_status: Callable[[str], None] = lambda message: None,
-    train_step: Callable[[Settings], dict] | None = None,
-) -> DemoResult:
-    """Run the story; every wait is bounded by ``timeout`` and fails naming its step."""
-    from sandbox import local_stack
-    from sandbox.traffic import TrafficControl, as_dict, run_traffic
 
-    result = DemoResult(completed=False, events=timeline.events)
-    control = TrafficControl()
-    traffic: dict = {}
-    sender = None
-    try:
-        on_status("starting the stack with the demo profile...")
+class Demo:
+    """The story, one method per step; every wait is bounded and fails naming its step.
+
+    Every wait also checks the demo's own traffic: if it died or stalled, the demo fails at once
+    naming it, instead of waiting out a timeout for a signal that can no longer come.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        timeline: Timeline,
+        scenario: str = "covariate_shift",
+        severity: float = 1.0,
+        rps: float = 30.0,
+        rows_per_request: int = DEMO_ROWS_PER_REQUEST,
+        clean_evaluations: int = 3,
+        timeout: float = 600.0,
+        on_status: Callable[[str], None] = lambda message: None,
+        train_step: Callable[[Settings], dict] | None = None,
+    ):
+        self.settings, self.timeline, self.on_status = settings, timeline, on_status
+        self.scenario, self.severity, self.rps, self.rows_per_request = (
+            scenario,
+            severity,
+            rps,
+            rows_per_request,
+        )
+        self.clean_evaluations, self.timeout = clean_evaluations, timeout
+        self.train_step = train_step or train_v1
+        self.result = DemoResult(completed=False, events=timeline.events)
+        self.control = TrafficControl()
+        self.traffic: Background | None = None
+        # Seconds to fill one window the monitor judges, at the demo's row rate.
+        self.fill = settings.monitor_min_rows / (rps * rows_per_request)
+
+    def wait(
+        self, step: str, check: Callable[[], object], timeout: float, interval: float = 1.0, hint: str = ""
+    ):
+        """Poll ``check`` until it returns something truthy; a timeout is a DemoError naming the step."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.traffic is not None:
+                try:
+                    self.traffic.check()
+                except BackgroundDied as exc:
+                    raise DemoError(step, f"{exc}; no traffic, no signal: the demo stops here") from exc
+            try:
+                value = check()
+            except TRANSIENT:
+                value = None
+            if value:
+                return value
+            time.sleep(interval)
+        raise DemoError(step, f"did not happen within {timeout:.0f}s{'; ' + hint if hint else ''}")
+
+    def run(self) -> DemoResult:
+        try:
+            for step in (self.start_stack, self.train_v1, self.start_traffic, self.clean_traffic,
+                         self.incident, self.retraining, self.recovery):  # fmt: skip
+                step()
+            self.result.completed = True
+        except DemoError as exc:
+            self.result.failed_step, self.result.error = exc.step, str(exc)
+            self.timeline.add("failed", str(exc))
+        finally:
+            self.stop_traffic()
+        try:
+            self.result.report = str(write_report(self.settings, self.timeline, self.result))
+        except (httpx.HTTPError, OSError, KeyError, ValueError) as exc:  # the story stands without its plots
+            self.timeline.add("report failed", str(exc)[:200])
+        return self.result
+
+    def start_stack(self) -> None:
+        from sandbox import local_stack
+
+        self.on_status("starting the stack with the demo profile...")
         try:
             local_stack.up(
-                settings,
+                self.settings,
                 timeout=300,
-                profile=profile_env(settings),
-                on_ready=lambda n: on_status(f"{n} is up"),
+                profile=profile_env(self.settings),
+                on_ready=lambda n: self.on_status(f"{n} is up"),
             )
         except local_stack.StackError as exc:
             raise DemoError("stack up", str(exc)) from exc
-        timeline.add("stack up")
+        self.timeline.add("stack up")
 
-        on_status("train-and-register v1 on clean synthetic loans (kfp.local)...")
+    def train_v1(self) -> None:
+        self.on_status("train-and-register v1 on clean synthetic loans (kfp.local)...")
         try:
-            trained = (train_step or train_v1)(settings)
+            trained = self.train_step(self.settings)
         except (RuntimeError, ValueError) as exc:  # a failed step or bad data, named by the message
             raise DemoError("train v1", str(exc)) from exc
         if not trained["promoted"]:
@@ -218,65 +264,75 @@ def run_demo(
                 "train v1",
                 f"the gate kept the old champion: {trained['reason']} (`make clean` starts afresh)",
             )
-        result.champion_before = trained["model_version"]
-        timeline.add("v1 champion", f"v{result.champion_before}, {trained['reason']}")
-        wait_for("serving loads v1", lambda: served_version(settings) == result.champion_before, 120,
-                 hint=f"see {settings.logs_dir / 'serving.log'}")  # fmt: skip
-        timeline.add("serving v1", f"v{result.champion_before}")
+        v1 = self.result.champion_before = trained["model_version"]
+        self.timeline.add("v1 champion", f"v{v1}, {trained['reason']}")
+        self.wait("serving loads v1", lambda: served_version(self.settings) == v1, 120,
+                  hint=f"see {self.settings.logs_dir / 'serving.log'}")  # fmt: skip
+        self.timeline.add("serving v1", f"v{v1}")
 
-        def send() -> None:
-            traffic["summary"] = run_traffic(
-                settings,
-                rps=rps,
-                duration=3600,
-                rows_per_request=rows_per_request,
-                label_delay=2.0,
-                seed=int(time.time()) % 10_000,
-                control=control,
-            )
+    def start_traffic(self) -> None:
+        def send(task: Background) -> TrafficSummary:
+            return run_traffic(
+                self.settings, rps=self.rps, duration=MAX_DURATION_S, rows_per_request=self.rows_per_request,
+                label_delay=2.0, seed=int(time.time()) % 10_000, control=self.control, on_progress=task.progress,
+            )  # fmt: skip
 
-        sender = threading.Thread(target=send, name="demo-traffic", daemon=True)
-        sender.start()
-        clean_start = timeline.add(
-            "clean traffic", f"{rps:g} req/s x {rows_per_request} rows, labels 2 s later"
+        # Progress is reported about once a second; 30 s without it is a stuck client, not a slow one.
+        self.traffic = Background("the demo's traffic", send, stall_seconds=30).start()
+        self.clean_start = self.timeline.add(
+            "clean traffic", f"{self.rps:g} req/s x {self.rows_per_request} rows, labels 2 s later"
         )
-        on_status(f"clean traffic: waiting for {clean_evaluations} monitor verdicts on full windows...")
+
+    def stop_traffic(self) -> None:
+        if self.traffic is None:
+            return
+        self.control.stop.set()
+        summary = self.traffic.join(30)
+        if isinstance(summary, TrafficSummary):
+            self.result.traffic = as_dict(summary)
+            self.result.requests = summary.requests
+            self.result.failed_requests = summary.failed_requests
+
+    def clean_traffic(self) -> None:
+        self.on_status(
+            f"clean traffic: waiting for {self.clean_evaluations} monitor verdicts on full windows..."
+        )
         verdicts: list[dict] = []
+        v1 = self.result.champion_before
 
         def clean_verdicts() -> bool:
-            after = verdicts[-1]["evaluated_at"] if verdicts else clean_start
-            if verdict := verdict_on(settings, result.champion_before, after):
+            after = verdicts[-1]["evaluated_at"] if verdicts else self.clean_start
+            if verdict := verdict_on(self.settings, v1, after):
                 verdicts.append(verdict)
-                if verdict["drift_share"] > 0 or alert_firing(settings):
+                if verdict["drift_share"] > 0 or alert_firing(self.settings):
                     raise DemoError(
                         "clean traffic", f"a false alarm on clean traffic: {verdict['drifted_features']}"
                     )
-            return len(verdicts) >= clean_evaluations
+            return len(verdicts) >= self.clean_evaluations
 
-        fill = settings.monitor_min_rows / (rps * rows_per_request)
-        wait_for("clean traffic", clean_verdicts, fill + timeout / 4)
-        timeline.add("clean: no drift", f"{len(verdicts)} verdicts, drift share 0, no alert")
+        self.wait("clean traffic", clean_verdicts, self.fill + self.timeout / 4)
+        self.timeline.add("clean: no drift", f"{len(verdicts)} verdicts, drift share 0, no alert")
 
-        control.switch(scenario, severity)
-        incident = timeline.add("incident", f"{scenario} (severity {severity:g})")
-        on_status(f"incident {scenario}: waiting for {ALERT} to fire in Prometheus...")
-        detected = wait_for(
-            "alert fires", lambda: alert_firing(settings) and time.time(), timeout, interval=0.5
+    def incident(self) -> None:
+        self.control.switch(self.scenario, self.severity)
+        self.incident_at = self.timeline.add("incident", f"{self.scenario} (severity {self.severity:g})")
+        self.on_status(f"incident {self.scenario}: waiting for {ALERT} to fire in Prometheus...")
+        detected = self.wait(
+            "alert fires", lambda: alert_firing(self.settings) and time.time(), self.timeout, interval=0.5
         )
-        timeline.add(f"{ALERT} firing", at=detected)
-        result.time_to_detect_s = round(detected - incident, 1)
+        self.detected_at = self.timeline.add(f"{ALERT} firing", at=detected)
+        self.result.time_to_detect_s = round(detected - self.incident_at, 1)
 
-        on_status("waiting for the retrainer to take the alert...")
-        run = wait_for(
-            "retrainer starts",
-            lambda: retraining_since(settings, incident),
-            120,
-            interval=0.5,
+    def retraining(self) -> None:
+        settings = self.settings
+        self.on_status("waiting for the retrainer to take the alert...")
+        run = self.wait(
+            "retrainer starts", lambda: retraining_since(settings, self.incident_at), 120, interval=0.5,
             hint=f"see {settings.logs_dir / 'retrainer.log'} and {settings.logs_dir / 'alertmanager.log'}",
-        )
-        timeline.add("retraining started", run["id"], at=run["started_at"])
-        on_status("retraining on production data (kfp.local): waiting for the gate...")
-        finished = wait_for(
+        )  # fmt: skip
+        self.timeline.add("retraining started", run["id"], at=run["started_at"])
+        self.on_status("retraining on production data (kfp.local): waiting for the gate...")
+        finished = self.wait(
             "retraining finishes",
             lambda: retraining_done(settings, run["id"]),
             settings.retrain_timeout_seconds,
@@ -287,42 +343,35 @@ def run_demo(
                 f"the retraining ended {finished['state']}: {finished.get('error') or finished.get('gate_reason')}"
                 f" (log: {finished.get('log')})",
             )
-        result.champion_after = finished["model_version"]
-        promoted = timeline.add(
-            "v2 champion", f"v{result.champion_after}: {finished['gate_reason']}", at=finished["finished_at"]
+        self.result.champion_after = finished["model_version"]
+        promoted = self.timeline.add(
+            "v2 champion",
+            f"v{self.result.champion_after}: {finished['gate_reason']}",
+            at=finished["finished_at"],
         )
-        result.time_to_retrain_s = round(promoted - detected, 1)
+        self.result.time_to_retrain_s = round(promoted - self.detected_at, 1)
 
-        wait_for("serving swaps to v2", lambda: served_version(settings) == result.champion_after, 120)
-        swapped = timeline.add("serving v2", f"v{result.champion_after}, zero-downtime swap")
-        on_status("waiting for the monitor to judge v2's traffic and the alert to resolve...")
-        verdict = wait_for(
-            "drift falls on v2",
-            lambda: verdict_on(settings, result.champion_after, swapped),
-            fill + timeout / 2,
-            interval=1.0,
+    def recovery(self) -> None:
+        settings, v2 = self.settings, self.result.champion_after
+        self.wait("serving swaps to v2", lambda: served_version(settings) == v2, 120)
+        swapped = self.timeline.add("serving v2", f"v{v2}, zero-downtime swap")
+        self.on_status("waiting for the monitor to judge v2's traffic and the alert to resolve...")
+        verdict = self.wait(
+            "drift falls on v2", lambda: verdict_on(settings, v2, swapped), self.fill + self.timeout / 2
         )
         if verdict["drift_share"] > 0:
             raise DemoError("drift falls on v2", f"v2's traffic still drifts: {verdict['drifted_features']}")
-        timeline.add("v2: no drift", f"{verdict['rows']} rows judged", at=verdict["evaluated_at"])
-        resolved = wait_for("alert resolves", lambda: not alert_firing(settings) and time.time(), timeout / 2)
-        timeline.add(f"{ALERT} resolved", at=resolved)
-        result.time_to_recover_s = round(resolved - incident, 1)
-        result.completed = True
-    except DemoError as exc:
-        result.failed_step, result.error = exc.step, str(exc)
-        timeline.add("failed", str(exc))
-    finally:
-        control.stop.set()
-        if sender is not None:
-            sender.join(30)
-        if "summary" in traffic:
-            result.traffic = as_dict(traffic["summary"])
-    try:
-        result.report = str(write_report(settings, timeline, result))
-    except (httpx.HTTPError, OSError, KeyError, ValueError) as exc:  # the story stands without its plots
-        timeline.add("report failed", str(exc)[:200])
-    return result
+        self.timeline.add("v2: no drift", f"{verdict['rows']} rows judged", at=verdict["evaluated_at"])
+        resolved = self.wait(
+            "alert resolves", lambda: not alert_firing(settings) and time.time(), self.timeout / 2
+        )
+        self.timeline.add(f"{ALERT} resolved", at=resolved)
+        self.result.time_to_recover_s = round(resolved - self.incident_at, 1)
+
+
+def run_demo(settings: Settings, timeline: Timeline, **options) -> DemoResult:
+    """Run the story (options: see :class:`Demo`)."""
+    return Demo(settings, timeline, **options).run()
 
 
 def train_v1(settings: Settings) -> dict:

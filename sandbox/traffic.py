@@ -42,6 +42,10 @@ class TrafficSummary:
     def achieved_rps(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
 
+    @property
+    def failed_requests(self) -> int:
+        return sum(self.failed.values())
+
 
 @dataclass
 class TrafficControl:
@@ -94,6 +98,73 @@ def rows_with_truth(
     return rows, frame[LABEL].astype(int).tolist()
 
 
+class Pacer:
+    """Paces requests at ``rps`` from ``start``; a late request goes at once (the rate catches up)."""
+
+    def __init__(self, rps: float, clock: Callable[[], float] = time.monotonic):
+        self.rps, self.clock, self.start = rps, clock, clock()
+
+    def wait(self, sent: int) -> None:
+        # The delay is read once: computed twice, it could turn negative between the check and the sleep.
+        delay = self.start + sent / self.rps - self.clock()
+        if delay > 0:
+            time.sleep(delay)
+
+
+class LabelScheduler:
+    """Delayed ground truth: each answered batch's true labels go to the monitor ``delay`` s later."""
+
+    def __init__(self, client: httpx.Client, monitor_url: str, delay: float, summary: TrafficSummary):
+        self.client, self.url, self.delay, self.summary = client, f"{monitor_url}/labels", delay, summary
+        self.pending: deque[tuple[float, list[dict]]] = deque()
+
+    def add(self, answer: list[dict], truth: list[int]) -> None:
+        labels = [{"request_id": r["request_id"], "label": y} for r, y in zip(answer, truth, strict=True)]
+        self.pending.append((time.monotonic() + self.delay, labels))
+
+    def send_due(self, force: bool = False) -> None:
+        while self.pending and (force or self.pending[0][0] <= time.monotonic()):
+            _, labels = self.pending.popleft()
+            try:
+                ok = self.client.post(self.url, json={"labels": labels}).status_code < 300
+            except httpx.HTTPError:
+                ok = False
+            if ok:
+                self.summary.labels_sent += len(labels)
+            else:
+                self.summary.labels_failed += len(labels)
+
+    def drain(self) -> None:
+        """Labels due after the traffic ended are still delivered, within their delay."""
+        if self.pending:
+            time.sleep(max(0.0, self.pending[-1][0] - time.monotonic()))
+        self.send_due(force=True)
+
+
+class RowSource:
+    """Generated rows with their truth, about a second of traffic at a time, for the scenario in force."""
+
+    def __init__(self, rows_per_request: int, batch_rows: int, seed: int):
+        clean = generate_loans(5_000, seed=12345)
+        self.reference_std = {c: float(clean[c].std()) for c in LOAN_SCHEMA.numeric}
+        self.rows_per_request, self.batch_rows, self.seed = rows_per_request, batch_rows, seed
+        self.buffer: list[tuple[dict, int]] = []
+        self.buffered_as: tuple[str, float] | None = None
+        self.chunk = 0
+
+    def take(self, scenario: str, severity: float) -> list[tuple[dict, int]]:
+        if (scenario, severity) != self.buffered_as:  # an incident starts now, not after the buffer
+            self.buffer, self.buffered_as = [], (scenario, severity)
+        if len(self.buffer) < self.rows_per_request:
+            rows, truth = rows_with_truth(
+                self.batch_rows, scenario, severity, self.seed * 100_003 + self.chunk, self.reference_std
+            )
+            self.buffer.extend(zip(rows, truth, strict=True))
+            self.chunk += 1
+        sent, self.buffer = self.buffer[: self.rows_per_request], self.buffer[self.rows_per_request :]
+        return sent
+
+
 def run_traffic(
     settings: Settings,
     rps: float = 10,
@@ -108,53 +179,24 @@ def run_traffic(
 ) -> TrafficSummary:
     """Send ``rps`` requests/s for ``duration`` s; post each row's true label ``label_delay`` s later.
 
-    With a ``control``, its scenario replaces ``scenario``/``severity`` from the next request on,
-    and setting ``control.stop`` ends the run early.
+    Without ``label_delay`` no labels are sent. With a ``control``, its scenario replaces
+    ``scenario``/``severity`` from the next request on, and setting ``control.stop`` ends the run early.
     """
     check_traffic(rps, duration, scenario, severity, rows_per_request)
     check_loopback(settings.host)
-    clean = generate_loans(5_000, seed=12345)
-    reference_std = {c: float(clean[c].std()) for c in LOAN_SCHEMA.numeric}
     summary = TrafficSummary(scenario=scenario, severity=severity, started_at=time.time())
     failed, versions = Counter(), Counter()
-    pending_labels: deque[tuple[float, list[dict]]] = deque()
-    batch_rows = max(rows_per_request, int(rps * rows_per_request))  # generate about a second at a time
-    buffer: list[tuple[dict, int]] = []
-    buffered_as = (scenario, severity)
-    chunk = 0
-    start = time.monotonic()
+    source = RowSource(rows_per_request, max(rows_per_request, int(rps * rows_per_request)), seed)
+    pacer = Pacer(rps)
     with httpx.Client(timeout=10) as client:
-
-        def flush_labels(force: bool = False) -> None:
-            while pending_labels and (force or pending_labels[0][0] <= time.monotonic()):
-                _, labels = pending_labels.popleft()
-                try:
-                    response = client.post(f"{settings.monitor_url}/labels", json={"labels": labels})
-                    ok = response.status_code < 300
-                except httpx.HTTPError:
-                    ok = False
-                if ok:
-                    summary.labels_sent += len(labels)
-                else:
-                    summary.labels_failed += len(labels)
-
-        while (elapsed := time.monotonic() - start) < duration:
+        labels = LabelScheduler(client, settings.monitor_url, label_delay or 0.0, summary)
+        while (elapsed := time.monotonic() - pacer.start) < duration:
             if control is not None:
                 if control.stop.is_set():
                     break
                 scenario, severity = control.scenario, control.severity
-            due = start + summary.requests / rps
-            if due > time.monotonic():
-                time.sleep(due - time.monotonic())
-            if (scenario, severity) != buffered_as:  # an incident starts now, not after the buffer
-                buffer, buffered_as = [], (scenario, severity)
-            if len(buffer) < rows_per_request:
-                rows, truth = rows_with_truth(
-                    batch_rows, scenario, severity, seed * 100_003 + chunk, reference_std
-                )
-                buffer.extend(zip(rows, truth, strict=True))
-                chunk += 1
-            sent, buffer = buffer[:rows_per_request], buffer[rows_per_request:]
+            pacer.wait(summary.requests)
+            sent = source.take(scenario, severity)
             summary.requests += 1
             summary.rows += len(sent)
             try:
@@ -169,23 +211,16 @@ def run_traffic(
                 answer = response.json()
                 versions.update(r["model_version"] for r in answer)
                 if label_delay is not None:
-                    labels = [
-                        {"request_id": r["request_id"], "label": y}
-                        for r, (_, y) in zip(answer, sent, strict=True)
-                    ]
-                    pending_labels.append((time.monotonic() + label_delay, labels))
+                    labels.add(answer, [y for _, y in sent])
             else:
                 failed[status] += 1
-            flush_labels()
+            labels.send_due()
             if summary.requests % max(1, int(rps)) == 0:
                 summary.seconds = elapsed
                 summary.failed, summary.versions = dict(failed), dict(versions)
                 on_progress(summary)
-        # Labels due after the end are still delivered, within their delay.
-        if pending_labels:
-            time.sleep(max(0.0, pending_labels[-1][0] - time.monotonic()))
-        flush_labels(force=True)
-    summary.seconds = time.monotonic() - start
+        labels.drain()
+    summary.seconds = time.monotonic() - pacer.start
     summary.failed, summary.versions = dict(failed), dict(versions)
     return summary
 
@@ -203,4 +238,8 @@ def record_incident(settings: Settings, summary: TrafficSummary) -> None:
 
 
 def as_dict(summary: TrafficSummary) -> dict:
-    return {**asdict(summary), "achieved_rps": round(summary.achieved_rps, 2)}
+    return {
+        **asdict(summary),
+        "achieved_rps": round(summary.achieved_rps, 2),
+        "failed_requests": summary.failed_requests,
+    }

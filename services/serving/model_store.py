@@ -121,7 +121,10 @@ class ModelHolder:
         self.failed_versions: dict[str, str] = {}
         self.on_swap, self.on_failure, self.after_swap = on_swap, on_failure, after_swap
         self._stop = threading.Event()
+        self._wake = threading.Event()  # a request without a model asks for a poll now
         self._thread: threading.Thread | None = None
+        self.polls = 0  # completed polls (loaded, unchanged, no alias or failed)
+        self.polling = False
 
     def alias_version(self) -> str | None:
         from mlflow.exceptions import MlflowException
@@ -155,18 +158,48 @@ class ModelHolder:
     def describe_current(self) -> str:
         return f"v{self.current.version}" if self.current else "no model"
 
+    def poll(self) -> None:
+        """One poll as the watcher makes it: never raises, always counted."""
+        self.polling = True
+        try:
+            if self.refresh():
+                self.after_swap()  # the old version is unreferenced by now
+        except Exception as exc:  # MLflow down or slow: keep serving what we have, try again
+            log.warning("could not check %s@%s: %s", self.name, self.alias, exc)
+        finally:
+            self.polling, self.polls = False, self.polls + 1
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def wait_for_model(self, bound: float) -> LoadedModel | None:
+        """The model, waiting up to ``bound`` s for the next poll to load one; None if there is none.
+
+        A worker that has not loaded the champion yet (another worker may already serve it, the
+        alias just moved) holds the request instead of refusing it: it asks for a poll now and
+        answers once that poll ends. A poll already under way may predate the alias: wait for the next.
+        """
+        import asyncio
+
+        if self.current is not None:
+            return self.current
+        needed = self.polls + (2 if self.polling else 1)
+        self.wake()
+        deadline = time.monotonic() + bound
+        while self.current is None and self.polls < needed and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return self.current
+
     def start(self, interval: float) -> None:
         def loop() -> None:
             while not self._stop.is_set():
-                try:
-                    if self.refresh():
-                        self.after_swap()  # the old version is unreferenced by now
-                except Exception as exc:  # MLflow down or slow: keep serving what we have, try again
-                    log.warning("could not check %s@%s: %s", self.name, self.alias, exc)
-                self._stop.wait(interval)
+                self.poll()
+                self._wake.wait(interval)
+                self._wake.clear()
 
         self._thread = threading.Thread(target=loop, name="model-watcher", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()

@@ -105,7 +105,13 @@ def settle_heap() -> None:
 
 
 class ReadinessGate:
-    """503 with what to do on ``/predict`` while no model is loaded (BentoML would hide the reason)."""
+    """``/predict`` on a worker without a model: held until its next poll loads one, else a 503 saying why.
+
+    Each BentoML worker loads the champion on its own: for a moment after a first promotion one
+    worker serves while another has not polled yet. Holding the request (``serving_hold_seconds``
+    at most) turns what was a burst of 503s into a short wait; with no champion at all the poll
+    ends at once and the 503 names the fix.
+    """
 
     def __init__(self, app):
         self.app = app
@@ -115,7 +121,7 @@ class ReadinessGate:
         if (
             scope["type"] == "http"
             and scope["path"] in PREDICT_PATHS
-            and (holder is None or holder.current is None)
+            and (holder is None or await holder.wait_for_model(SETTINGS.serving_hold_seconds) is None)
         ):
             return await send_json(
                 send, 503,

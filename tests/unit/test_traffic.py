@@ -49,3 +49,45 @@ def test_generated_rows_are_valid_requests_with_truth(scenario):
         assert any(r["region"] == "overseas" for r in rows)
     if scenario == "missing_values":
         assert any(r["income"] is None for r in rows)
+
+
+def test_pacer_reads_the_clock_once_so_a_late_request_never_sleeps_negative(monkeypatch):
+    import sandbox.traffic as traffic
+
+    slept = []
+
+    def sleep(seconds: float) -> None:  # time.sleep's own rule
+        if seconds < 0:
+            raise ValueError("sleep length must be non-negative")
+        slept.append(seconds)
+
+    monkeypatch.setattr(traffic.time, "sleep", sleep)
+    readings = iter([0.0, 0.09, 0.2, 5.0])  # under load the clock jumps between requests
+    pacer = traffic.Pacer(rps=10, clock=lambda: next(readings))
+    pacer.wait(1)  # due at 0.1, clock 0.09: sleep 0.01
+    pacer.wait(2)  # due at 0.2, clock 0.2: no sleep
+    pacer.wait(3)  # due at 0.3, clock 5.0 (late): at once
+    assert slept == [pytest.approx(0.01)]
+
+
+def test_label_scheduler_sends_due_labels_and_counts_failures():
+    import httpx
+
+    from sandbox.traffic import LabelScheduler, TrafficSummary
+
+    posted = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = __import__("json").loads(request.content)
+        posted.append(body["labels"])
+        return httpx.Response(503 if len(posted) == 2 else 200)
+
+    summary = TrafficSummary(scenario="none", severity=1.0)
+    with httpx.Client(transport=httpx.MockTransport(handler)) as client:
+        labels = LabelScheduler(client, "http://monitor", delay=0.0, summary=summary)
+        labels.add([{"request_id": "a"}, {"request_id": "b"}], [1, 0])
+        labels.send_due()
+        labels.add([{"request_id": "c"}], [1])
+        labels.drain()
+    assert posted[0] == [{"request_id": "a", "label": 1}, {"request_id": "b", "label": 0}]
+    assert summary.labels_sent == 2 and summary.labels_failed == 1
