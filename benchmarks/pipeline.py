@@ -2,7 +2,7 @@
 
 What it measures, against its own throw-away MLflow server (a temp dir, a free 127.0.0.1 port):
 
-- kfp.local: ``sandbox.training.run_embedded`` (one child process for the run, one more per step),
+- kfp.local: ``sandbox.training.train`` (one child process for the run, one more per step),
   its wall time, each step's seconds and the peak RSS of that child process tree (summed over
   processes, sampled every 0.1 s; the MLflow server is not counted).
 - in-process: the same six steps as plain function calls in one fresh Python process, each timed,
@@ -169,7 +169,7 @@ class TreeRssSampler(threading.Thread):
 
 def run_kfp(n_rows: int, tmp: Path, port: int, mlflow_pid: int) -> dict:
     from sandbox.settings import Settings
-    from sandbox.training import TrainRequest, run_embedded
+    from sandbox.training import train, train_params
 
     settings = Settings(home=tmp, mlflow_port=port, mlflow_tracking_uri=None)
 
@@ -181,19 +181,19 @@ def run_kfp(n_rows: int, tmp: Path, port: int, mlflow_pid: int) -> dict:
     sampler.start()
     started = time.perf_counter()
     try:
-        result = run_embedded(TrainRequest(n_rows=n_rows), settings, on_step)
+        result = train(train_params(settings, n_rows=n_rows), settings, on_step)
     finally:
         total = time.perf_counter() - started
         sampler.stop()
     return {
         "total_s": total,
-        "steps": result["step_seconds"],
+        "steps": result.step_seconds,
         "peak_rss_mb": sampler.peak_bytes / 2**20,
         "peak_processes": sampler.peak_processes,
-        "promoted": result["promoted"],
-        "model_version": result["model_version"],
-        "roc_auc": result["metrics"].get("roc_auc"),
-        "log": result["log"],
+        "promoted": result.promoted,
+        "model_version": result.model_version,
+        "roc_auc": result.metrics.get("roc_auc"),
+        "log": result.log,
     }
 
 
@@ -201,7 +201,7 @@ def run_kfp(n_rows: int, tmp: Path, port: int, mlflow_pid: int) -> dict:
 
 
 def inprocess_worker(n_rows: int, tmp: Path, port: int) -> None:
-    """The six steps as plain calls in this (fresh) process; prints one marked JSON line."""
+    """The six steps as plain calls in this (fresh) process (``pipelines.steps``); one marked JSON line."""
     timings: dict[str, float] = {}
     begin = time.perf_counter()
 
@@ -211,81 +211,26 @@ def inprocess_worker(n_rows: int, tmp: Path, port: int) -> None:
     import sklearn  # noqa: F401
     from mlflow.tracking import MlflowClient  # noqa: F401
 
-    from pipelines.data import load_data
-    from pipelines.evaluate import evaluate_model
-    from pipelines.features import schema_for_source
-    from pipelines.pipeline import params_record
-    from pipelines.registry import log_and_register, promote
-    from pipelines.scenarios import apply_scenario
-    from pipelines.train import split, train_model
-    from pipelines.validate import validate_frame
+    from pipelines.steps import run_steps
     from sandbox.settings import Settings
-    from sandbox.training import TrainRequest
+    from sandbox.training import train_params
 
     timings[IMPORTS_ROW] = time.perf_counter() - started
 
     settings = Settings(home=tmp, mlflow_port=port, mlflow_tracking_uri=None)
-    request = TrainRequest(n_rows=n_rows, model_name=INPROCESS_MODEL)
-    arguments = {**request.arguments(settings), "experiment": INPROCESS_EXPERIMENT}
-    schema = schema_for_source(request.source)
-
-    def timed(name: str, fn, *args, **kwargs):
-        t0 = time.perf_counter()
-        out = fn(*args, **kwargs)
-        timings[name] = time.perf_counter() - t0
-        return out
-
-    frame = timed(
-        "load-data",
-        lambda: apply_scenario(
-            load_data(request.source, n_rows, request.seed, request.csv_path),
-            request.scenario,
-            request.severity,
-            request.seed,
-        ),
+    params = train_params(
+        settings, n_rows=n_rows, model_name=INPROCESS_MODEL, experiment=INPROCESS_EXPERIMENT
     )
-
-    def validate_and_split():
-        validate_frame(frame, schema)
-        return split(frame, schema, 0.25, request.seed)
-
-    train, holdout = timed("validate-data", validate_and_split)
-    model = timed("train", train_model, train, schema)
-    scores = timed("evaluate", evaluate_model, model, holdout, schema)
-    _, version = timed(
-        "register",
-        log_and_register,
-        settings.mlflow_uri,
-        model,
-        schema,
-        train,
-        params=json.loads(params_record(arguments)),
-        metrics=scores,
-        model_name=INPROCESS_MODEL,
-        experiment=INPROCESS_EXPERIMENT,
-        tags={"trigger": request.trigger, "source": request.source},
-    )
-    decision = timed(
-        "promote",
-        promote,
-        settings.mlflow_uri,
-        INPROCESS_MODEL,
-        version,
-        holdout,
-        schema,
-        min_score=settings.gate_min_score,
-        tolerance=settings.gate_tolerance,
-        metric=settings.gate_metric,
-    )
+    result = run_steps(params, timed=timings.__setitem__)
     total = time.perf_counter() - begin
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     report = {
         "total_s": total,
         "steps": timings,
         "peak_rss_mb": peak_kib / 1024,
-        "promoted": decision["promoted"],
-        "model_version": version,
-        "roc_auc": decision["metrics"].get("roc_auc"),
+        "promoted": result.promoted,
+        "model_version": result.model_version,
+        "roc_auc": result.metrics.get("roc_auc"),
     }
     print(WORKER_MARKER + json.dumps(report), flush=True)
 

@@ -221,8 +221,9 @@ def train_and_register(tracking_uri: str, n_rows: int) -> dict:
     from pipelines.data import generate_loans
     from pipelines.evaluate import evaluate_model
     from pipelines.features import LOAN_SCHEMA
+    from pipelines.params import DEFAULT_HYPERPARAMS
     from pipelines.registry import log_and_register, promote
-    from pipelines.train import DEFAULT_HYPERPARAMS, split, train_model
+    from pipelines.train import split, train_model
     from sandbox.settings import Settings
 
     settings = Settings()
@@ -239,12 +240,12 @@ def train_and_register(tracking_uri: str, n_rows: int) -> dict:
         tracking_uri, MODEL_NAME, version, holdout, LOAN_SCHEMA,
         min_score=settings.gate_min_score, tolerance=settings.gate_tolerance, metric=settings.gate_metric,
     )  # fmt: skip
-    if not decision["promoted"] or decision["champion_version"] != "1":
+    if not decision.promoted or decision.champion_version != "1":
         raise RuntimeError(f"expected version 1 to become champion, got {decision}")
     return {
         "seconds": time.perf_counter() - started,
         "version": version,
-        "roc_auc": decision["metrics"].get("roc_auc"),
+        "roc_auc": decision.metrics.get("roc_auc"),
         "rows64": json_rows(holdout[LOAN_SCHEMA.names].head(64)),
     }
 

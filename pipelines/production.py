@@ -3,16 +3,16 @@
 The mix rule (one place, documented in docs/retraining.md):
 
 - **training rows** = the latest ``n_rows`` *labelled* records the monitor holds, plus
-  ``reference_rows`` fresh rows from the original (clean) distribution (default 20,000, as many
+  ``clean_rows`` fresh rows from the original (clean) distribution (default 20,000, as many
   as the first training had). The new model knows everything the old one knew plus what
   production shows now, so the gate, which scores both on a holdout of this mix, compares
   like with like. (With production rows alone, a few thousand rows lose to a champion trained
   on 20,000, and under a pure covariate shift the gate rightly keeps the champion: measured.)
-- **drift reference** of the new version = the latest ``window_rows`` records served,
+- **drift reference** of the new version = the latest ``drift_reference_rows`` records served,
   labelled or not: the new model's "normal" is today's traffic, so a shift that has been
   retrained on stops counting as drift. With ``since`` (the retrainer passes the alert's start),
   only records received after it count, and this step waits up to ``wait_seconds`` for
-  ``window_rows`` of them: a reference that mixed the old regime in would keep the drift alive
+  ``drift_reference_rows`` of them: a reference that mixed the old regime in would keep the drift alive
   (measured: 1,200 rows taken right away were 30 % pre-incident, and v2 still drifted).
   After the wait it takes the latest rows, whatever they are, and says so.
 - fewer than ``min_rows`` labelled records -> the run fails here, saying how to get labels.
@@ -78,8 +78,8 @@ def production_data(
     monitor_url: str,
     n_rows: int = 5_000,
     min_rows: int = 200,
-    reference_rows: int = 2_000,
-    window_rows: int = 2_000,
+    clean_rows: int = 2_000,
+    drift_reference_rows: int = 2_000,
     seed: int = 0,
     since: float = 0.0,
     wait_seconds: float = 300.0,
@@ -95,9 +95,9 @@ def production_data(
             "or lower SANDBOX_RETRAIN_MIN_PRODUCTION_ROWS"
         )
     labelled[LABEL] = labelled[LABEL].astype(int)
-    clean = generate_loans(reference_rows, seed) if reference_rows > 0 else None
+    clean = generate_loans(clean_rows, seed) if clean_rows > 0 else None
     training = pd.concat([labelled, clean], ignore_index=True) if clean is not None else labelled
     reference = records_frame(
-        recent_records(monitor_url, window_rows, since, wait_seconds, poll_seconds, fetch)
+        recent_records(monitor_url, drift_reference_rows, since, wait_seconds, poll_seconds, fetch)
     )
     return training.sample(frac=1.0, random_state=seed).reset_index(drop=True), reference

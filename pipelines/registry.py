@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.features import FeatureSchema
+from pipelines.params import TrainResult
 from pipelines.train import features_only
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -157,7 +158,7 @@ def promote(
     min_score: float,
     tolerance: float,
     metric: str = "roc_auc",
-) -> dict:
+) -> TrainResult:
     """Score challenger and champion on the same holdout, apply the gate, tag the decision on the version."""
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -183,13 +184,13 @@ def promote(
         client.set_registered_model_alias(model_name, CHAMPION, version)
     champion_now = current_champion(client, model_name)
     model_version = client.get_model_version(model_name, version)
-    return {
-        "run_id": model_version.run_id,
-        "model_name": model_name,
-        "model_version": version,
-        "metrics": {k: v for k, v in challenger_metrics.items() if not k.startswith("slice_")},
-        "promoted": decision.promote,
-        "reason": decision.reason,
-        "champion_version": champion_now.version if champion_now else None,
-        "previous_champion_version": champion.version if champion else None,
-    }
+    return TrainResult(
+        run_id=model_version.run_id,
+        model_name=model_name,
+        model_version=version,
+        metrics={k: v for k, v in challenger_metrics.items() if not k.startswith("slice_")},
+        promoted=decision.promote,
+        reason=decision.reason,
+        champion_version=champion_now.version if champion_now else None,
+        previous_champion_version=champion.version if champion else None,
+    )

@@ -17,11 +17,12 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
-from pipelines.pipeline import PIPELINE_NAME, STEPS, params_record
+from pipelines.params import TrainParams, TrainResult, logged_params
+from pipelines.pipeline import PIPELINE_NAME, STEPS
 
 # From the host: the KFP UI (NodePort, host port 8080) proxies /apis/v2beta1 to the API server.
 DEFAULT_KFP_HOST = "http://127.0.0.1:8080"
@@ -58,34 +59,6 @@ class StepProgress:
     state: str  # pending | running | success | failure | skipped | canceled
     seconds: float = 0.0
     error: str = ""
-
-
-@dataclass
-class RemoteResult:
-    """What the embedded run returns (``sandbox.training.run_embedded``), plus the KFP run's identity."""
-
-    kfp_run_id: str
-    kfp_run_url: str
-    state: str
-    run_id: str
-    model_name: str
-    model_version: str
-    metrics: dict[str, float]
-    promoted: bool
-    reason: str
-    champion_version: str | None
-    submission_id: str
-    step_seconds: dict[str, float] = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    # Read like the embedded run's dict, so code written for one takes the other.
-    def __getitem__(self, key: str):
-        return self.as_dict()[key]
-
-    def get(self, key: str, default=None):
-        return self.as_dict().get(key, default)
 
 
 # --- pure parts -------------------------------------------------------------------------
@@ -168,17 +141,18 @@ def prepare_arguments(arguments: dict, parameters: dict[str, dict], submission_i
         elif kind == "STRING":
             value = json.dumps(value) if isinstance(value, dict | list) else str(value)
         prepared[name] = value
-    logged = json.loads(prepared.get("params_json") or "{}") or json.loads(params_record(prepared))
+    logged = json.loads(prepared.get("params_json") or "{}") or logged_params(prepared)
     prepared["params_json"] = json.dumps({**logged, "submission_id": submission_id}, sort_keys=True)
     return prepared
 
 
-def for_cluster(arguments: dict) -> dict:
-    """Arguments built for this machine (127.0.0.1 URLs), with the names the pipeline's pods can reach."""
-    cluster = {**arguments, "mlflow_uri": IN_CLUSTER_MLFLOW_URI}
-    if "monitor_url" in arguments:
-        cluster["monitor_url"] = IN_CLUSTER_MONITOR_URL
-    return cluster
+def for_cluster(params: TrainParams) -> TrainParams:
+    """Parameters made on this machine (127.0.0.1 URLs), with the names the pipeline's pods can reach."""
+    return replace(
+        params,
+        mlflow_uri=IN_CLUSTER_MLFLOW_URI,
+        monitor_url=IN_CLUSTER_MONITOR_URL if params.monitor_url else "",
+    )
 
 
 def run_summary(run) -> dict:
@@ -337,7 +311,7 @@ def submit_and_wait(
     on_submitted: Callable[[str, str], None] | None = None,
     client=None,
     mlflow_client=None,
-) -> RemoteResult:
+) -> TrainResult:
     """Compile ``train-and-register``, start it on the KFP API at ``host``, follow it, return its outcome.
 
     ``arguments``: the pipeline's parameters (``mlflow_uri`` required: the MLflow the
@@ -397,10 +371,9 @@ def submit_and_wait(
             f"run {url} succeeded, but its outcome could not be read from MLflow at {results_uri}: "
             f"{type(exc).__name__}: {str(exc)[:300]}"
         ) from exc
-    return RemoteResult(
+    return TrainResult(
         kfp_run_id=kfp_run_id,
         kfp_run_url=url,
-        state=state,
         submission_id=submission_id,
         step_seconds={s.step: s.seconds for s in steps.values()},
         **outcome,

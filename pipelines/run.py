@@ -12,9 +12,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
-from pipelines.pipeline import params_record, train_and_register
+from pipelines.params import TrainParams, TrainResult
+from pipelines.pipeline import train_and_register
 
 
 def compile_pipeline(output: str | Path) -> Path:
@@ -26,16 +28,15 @@ def compile_pipeline(output: str | Path) -> Path:
     return output
 
 
-def run_local(arguments: dict, pipeline_root: str | Path) -> dict:
+def run_local(params: TrainParams, pipeline_root: str | Path) -> TrainResult:
     """Run ``train-and-register`` with kfp.local in this Python environment; return the gate's result."""
     from kfp import local
 
     Path(pipeline_root).mkdir(parents=True, exist_ok=True)
     # use_venv=False: a per-task venv would need the network and re-install the project each step.
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
-    arguments = {**arguments, "params_json": params_record(arguments)}
-    task = train_and_register(**arguments)
-    return json.loads(task.output)
+    task = train_and_register(**params.arguments())
+    return TrainResult.from_dict(json.loads(task.output))
 
 
 RESULT_MARKER = "SANDBOX_RESULT "
@@ -77,18 +78,18 @@ class Watchdog:
 
 
 def run_in_child(
-    arguments: dict,
+    params: TrainParams,
     pipeline_root: str | Path,
     log_path: Path,
     on_step: Callable[[str, str, float], None] = lambda step, state, seconds: None,
     timeout: float | None = None,
-) -> dict:
+) -> TrainResult:
     """Run the pipeline embedded in a child process (``python -m pipelines.run``), following its steps.
 
     ``on_step(step, state, seconds)`` sees each step start and finish. Returns the gate's result
-    plus ``step_seconds`` and ``log``; raises :class:`PipelineError` naming the failing step.
+    with ``step_seconds`` and ``log``; raises :class:`PipelineError` naming the failing step.
     """
-    command = [sys.executable, "-m", "pipelines.run", json.dumps(arguments), str(pipeline_root)]
+    command = [sys.executable, "-m", "pipelines.run", json.dumps(asdict(params)), str(pipeline_root)]
     started: dict[str, float] = {}
     states: dict[str, str] = {}
     step_seconds: dict[str, float] = {}
@@ -106,7 +107,7 @@ def run_in_child(
             log.write(raw)
             line = ANSI.sub("", raw.rstrip("\n"))
             if line.startswith(RESULT_MARKER):
-                result = json.loads(line[len(RESULT_MARKER) :])
+                result = TrainResult.from_dict(json.loads(line[len(RESULT_MARKER) :]))
             elif match := STARTED.match(line):
                 started[match[2]] = time.monotonic()
                 states[match[2]] = "running"
@@ -123,7 +124,8 @@ def run_in_child(
     if proc.returncode != 0 or result is None:
         failed = next((step for step, state in states.items() if state != "success"), "pipeline")
         raise PipelineError(f"step {failed!r} failed: {error or 'see the log'} (full log: {log_path})")
-    return {**result, "step_seconds": step_seconds, "log": str(log_path)}
+    result.step_seconds, result.log = step_seconds, str(log_path)
+    return result
 
 
 def main() -> None:
@@ -132,9 +134,9 @@ def main() -> None:
     The control plane runs the pipeline in a child process so it can follow the
     steps from kfp.local's log and keep its own terminal output clean.
     """
-    arguments, pipeline_root = json.loads(sys.argv[1]), sys.argv[2]
-    result = run_local(arguments, pipeline_root)
-    print(RESULT_MARKER + json.dumps(result), flush=True)
+    params, pipeline_root = TrainParams(**json.loads(sys.argv[1])), sys.argv[2]
+    result = run_local(params, pipeline_root)
+    print(RESULT_MARKER + json.dumps(result.to_dict()), flush=True)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder
 
 from pipelines.features import FeatureSchema
-
-DEFAULT_HYPERPARAMS = {"learning_rate": 0.1, "max_iter": 200, "max_depth": 6, "min_samples_leaf": 20}
+from pipelines.params import DEFAULT_HYPERPARAMS
 
 
 def split(frame: pd.DataFrame, schema: FeatureSchema, holdout_fraction: float = 0.25, seed: int = 0):

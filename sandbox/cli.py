@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from pipelines.params import TrainParams
 from sandbox.settings import Settings
 
 app = typer.Typer(
@@ -30,8 +31,6 @@ def fail(message: str, code: int = 1) -> None:
 
 
 # --- the kind cluster (`--kind`): sandbox/kind_stack.py does the work, pipelines/remote.py runs KFP ---
-
-KIND_TRAIN_TIMEOUT = 1800.0
 
 
 def mlflow_answers(settings: Settings) -> bool:
@@ -58,34 +57,6 @@ def kind_champion_version(settings: Settings) -> str | None:
     return response.json()["model_version"]["version"] if response.status_code == 200 else None
 
 
-def kind_run_pipeline(request, settings: Settings, on_step, on_submitted=None) -> dict:
-    """``train-and-register`` on the cluster's KFP API; the result in the embedded run's shape."""
-    from pipelines.data import DataError
-    from pipelines.remote import DEFAULT_KFP_HOST, RemoteError, for_cluster, submit_and_wait
-    from sandbox.training import check_request
-
-    if request.source == "csv":
-        raise DataError(
-            "--source csv reads a file on this machine, which the cluster's pods cannot see; "
-            "use --source synthetic or breast_cancer with --kind"
-        )
-    check_request(request)
-    if not mlflow_answers(settings):
-        raise RemoteError(
-            f"MLflow does not answer at {settings.mlflow_uri} (the cluster's host port); "
-            "is the cluster up? `sandbox status --kind`, `make up`"
-        )
-    result = submit_and_wait(
-        settings.kfp_host or DEFAULT_KFP_HOST,
-        for_cluster(request.arguments(settings)),
-        KIND_TRAIN_TIMEOUT,
-        on_step,
-        results_mlflow_uri=settings.mlflow_uri,
-        on_submitted=on_submitted,
-    )
-    return result.as_dict()
-
-
 def kind_up(timeout: float) -> None:
     """`sandbox up --kind`: preflight, the phases with their times, the first run, every URL."""
     from sandbox import kind_stack as ks
@@ -98,7 +69,7 @@ def kind_up(timeout: float) -> None:
 
     from pipelines.data import DataError
     from pipelines.remote import RemoteError
-    from sandbox.training import TrainRequest
+    from sandbox.training import train, train_params
 
     settings = Settings()
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err)
@@ -127,11 +98,12 @@ def kind_up(timeout: float) -> None:
                 mark = "[green]done[/]" if state == "success" else f"[red]{state}[/]"
                 progress.update(steps[step], completed=1, description=f"  {step} {mark} ({seconds:.0f}s)")
 
-        result = kind_run_pipeline(
-            TrainRequest(), settings, on_step, lambda run_id, url: progress.console.print(f"KFP run: {url}")
-        )
-        verdict = "promoted to champion" if result["promoted"] else f"not promoted: {result['reason']}"
-        return f"{result['model_name']} v{result['model_version']} {verdict} (roc_auc {result['metrics'].get('roc_auc', 0):.3f})"
+        result = train(
+            train_params(settings), settings, on_step, on_cluster=True,
+            on_submitted=lambda run_id, url: progress.console.print(f"KFP run: {url}"),
+        )  # fmt: skip
+        verdict = "promoted to champion" if result.promoted else f"not promoted: {result.reason}"
+        return f"{result.model_name} v{result.model_version} {verdict} (roc_auc {result.metrics.get('roc_auc', 0):.3f})"
 
     try:
         with progress:
@@ -503,17 +475,28 @@ def incident(
     send_traffic(rps, duration, scenario, severity, label_delay, 1, 7, as_json, incident=True)
 
 
+DEFAULTS = TrainParams(mlflow_uri="")  # the CLI's defaults are the pipeline's
+
+
 @app.command()
 def train(
-    source: Annotated[str, typer.Option(help="synthetic | breast_cancer | csv")] = "synthetic",
-    scenario: Annotated[str, typer.Option(help="Drift scenario applied to the training data.")] = "none",
-    severity: Annotated[float, typer.Option(help="Scenario strength, 0..3.")] = 1.0,
-    n_rows: Annotated[int, typer.Option(help="Rows to load (real sources are subsampled).")] = 20_000,
-    seed: Annotated[int, typer.Option(help="Random seed for data and split.")] = 0,
+    source: Annotated[
+        str, typer.Option(help="synthetic | breast_cancer | csv | production")
+    ] = DEFAULTS.source,
+    scenario: Annotated[
+        str, typer.Option(help="Drift scenario applied to the training data.")
+    ] = DEFAULTS.scenario,
+    severity: Annotated[float, typer.Option(help="Scenario strength, 0..3.")] = DEFAULTS.severity,
+    n_rows: Annotated[
+        int, typer.Option(help="Rows to load (real sources are subsampled).")
+    ] = DEFAULTS.n_rows,
+    seed: Annotated[int, typer.Option(help="Random seed for data and split.")] = DEFAULTS.seed,
     csv_path: Annotated[Path | None, typer.Option(help="CSV in the loan schema, with --source csv.")] = None,
-    learning_rate: Annotated[float, typer.Option(help="Gradient boosting learning rate.")] = 0.1,
-    max_iter: Annotated[int, typer.Option(help="Boosting iterations.")] = 200,
-    max_depth: Annotated[int, typer.Option(help="Maximum tree depth.")] = 6,
+    learning_rate: Annotated[
+        float, typer.Option(help="Gradient boosting learning rate.")
+    ] = DEFAULTS.learning_rate,
+    max_iter: Annotated[int, typer.Option(help="Boosting iterations.")] = DEFAULTS.max_iter,
+    max_depth: Annotated[int, typer.Option(help="Maximum tree depth.")] = DEFAULTS.max_depth,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object at the end.")] = False,
     local: Annotated[
         bool, typer.Option("--local/--kind", help="Embedded run (default) or the KFP API.")
@@ -522,18 +505,15 @@ def train(
     """Run the train-and-register pipeline against the running MLflow and print the gate's decision."""
     from pipelines.data import DataError
     from pipelines.remote import RemoteError
-    from sandbox.training import TrainingError, TrainRequest, run_embedded
+    from pipelines.run import PipelineError
+    from sandbox.training import train as run_training
+    from sandbox.training import train_params
 
     settings = Settings()
-    request = TrainRequest(
-        source=source,
-        scenario=scenario,
-        severity=severity,
-        n_rows=n_rows,
-        seed=seed,
-        csv_path=str(csv_path or ""),
-        hyperparams={"learning_rate": learning_rate, "max_iter": max_iter, "max_depth": max_depth},
-    )
+    params = train_params(
+        settings, source=source, scenario=scenario, severity=severity, n_rows=n_rows, seed=seed,
+        csv_path=str(csv_path or ""), learning_rate=learning_rate, max_iter=max_iter, max_depth=max_depth,
+    )  # fmt: skip
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err)
     tasks: dict[str, int] = {}
 
@@ -546,38 +526,30 @@ def train(
 
     try:
         with progress:
-            if local:
-                result = run_embedded(request, settings, on_step)
-            else:  # the cluster's KFP API; the same steps and result
-                result = kind_run_pipeline(
-                    request, settings, on_step, lambda run_id, url: progress.console.print(f"KFP run: {url}")
-                )
-    except (DataError, TrainingError, RemoteError) as exc:
+            result = run_training(
+                params, settings, on_step, on_cluster=not local,
+                on_submitted=lambda run_id, url: progress.console.print(f"KFP run: {url}"),
+            )  # fmt: skip
+    except (DataError, PipelineError, RemoteError) as exc:
         fail(str(exc))
     summary = {
-        "run_id": result["run_id"],
-        "model_version": result["model_version"],
-        "metrics": result["metrics"],
-        "promoted": result["promoted"],
-        "champion_version": result["champion_version"],
-        "reason": result["reason"],
-        "step_seconds": result["step_seconds"],
-        **{key: result[key] for key in ("kfp_run_id", "kfp_run_url") if key in result},
+        key: value
+        for key, value in result.to_dict().items()
+        if key not in ("log", "previous_champion_version", "submission_id")
+        and (value is not None or not key.startswith("kfp_"))
     }
     if as_json:
         print(json.dumps(summary))
         return
-    verdict = "[green]promoted to champion[/]" if result["promoted"] else "[yellow]not promoted[/]"
+    verdict = "[green]promoted to champion[/]" if result.promoted else "[yellow]not promoted[/]"
+    console.print(f"run {result.run_id}  model {result.model_name} v{result.model_version}: {verdict}")
+    console.print(f"gate: {result.reason}")
     console.print(
-        f"run {result['run_id']}  model {result['model_name']} v{result['model_version']}: {verdict}"
+        "metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if k != "holdout_rows")
     )
-    console.print(f"gate: {result['reason']}")
-    console.print(
-        "metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items() if k != "holdout_rows")
-    )
-    console.print(f"champion is v{result['champion_version']}")
-    if "kfp_run_url" in result:
-        console.print(f"KFP run: {result['kfp_run_url']}")
+    console.print(f"champion is v{result.champion_version}")
+    if result.kfp_run_url:
+        console.print(f"KFP run: {result.kfp_run_url}")
 
 
 @app.command("compile")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 
+from pipelines.params import TrainResult
 from sandbox.background import Background, BackgroundDied
 from sandbox.settings import Settings
 from sandbox.traffic import MAX_DURATION_S, TrafficControl, TrafficSummary, as_dict, run_traffic
@@ -35,7 +36,7 @@ DEMO_OVERRIDES: dict = {
     "serving_poll_seconds": 2,
     "retrain_cooldown_seconds": 180,
     "retrain_min_production_rows": 300,
-    "retrain_window_rows": 1200,
+    "retrain_drift_reference_rows": 1200,
     "alert_for_overrides": {"DataDriftDetected": "10s"},
     "alertmanager_group_wait": "1s",
     "alertmanager_group_interval": "5s",
@@ -184,7 +185,7 @@ class Demo:
         clean_evaluations: int = 3,
         timeout: float = 600.0,
         on_status: Callable[[str], None] = lambda message: None,
-        train_step: Callable[[Settings], dict] | None = None,
+        train_step: Callable[[Settings], TrainResult] | None = None,
     ):
         self.settings, self.timeline, self.on_status = settings, timeline, on_status
         self.scenario, self.severity, self.rps, self.rows_per_request = (
@@ -259,13 +260,13 @@ class Demo:
             trained = self.train_step(self.settings)
         except (RuntimeError, ValueError) as exc:  # a failed step or bad data, named by the message
             raise DemoError("train v1", str(exc)) from exc
-        if not trained["promoted"]:
+        if not trained.promoted:
             raise DemoError(
                 "train v1",
-                f"the gate kept the old champion: {trained['reason']} (`make clean` starts afresh)",
+                f"the gate kept the old champion: {trained.reason} (`make clean` starts afresh)",
             )
-        v1 = self.result.champion_before = trained["model_version"]
-        self.timeline.add("v1 champion", f"v{v1}, {trained['reason']}")
+        v1 = self.result.champion_before = trained.model_version
+        self.timeline.add("v1 champion", f"v{v1}, {trained.reason}")
         self.wait("serving loads v1", lambda: served_version(self.settings) == v1, 120,
                   hint=f"see {self.settings.logs_dir / 'serving.log'}")  # fmt: skip
         self.timeline.add("serving v1", f"v{v1}")
@@ -341,7 +342,7 @@ class Demo:
             raise DemoError(
                 "v2 promoted",
                 f"the retraining ended {finished['state']}: {finished.get('error') or finished.get('gate_reason')}"
-                f" (log: {finished.get('log')})",
+                + ("" if "full log" in (finished.get("error") or "") else f" (log: {finished.get('log')})"),
             )
         self.result.champion_after = finished["model_version"]
         promoted = self.timeline.add(
@@ -374,10 +375,10 @@ def run_demo(settings: Settings, timeline: Timeline, **options) -> DemoResult:
     return Demo(settings, timeline, **options).run()
 
 
-def train_v1(settings: Settings) -> dict:
-    from sandbox.training import TrainRequest, run_embedded
+def train_v1(settings: Settings) -> TrainResult:
+    from sandbox.training import train, train_params
 
-    return run_embedded(TrainRequest(trigger="demo"), settings)
+    return train(train_params(settings, trigger="demo"), settings)
 
 
 # --- the report -----------------------------------------------------------------------------------

@@ -75,8 +75,10 @@ class Settings(BaseSettings):
     retrain_cooldown_seconds: float = 600.0
     retrain_production_rows: int = 5_000
     retrain_min_production_rows: int = 200
-    retrain_reference_rows: int = 20_000  # clean rows added to production (pipelines/production.py)
-    retrain_window_rows: int = 2_000  # the new version's drift reference: the latest rows served
+    retrain_clean_rows: int = 20_000  # rows of the original distribution added to production (production.py)
+    retrain_drift_reference_rows: int = (
+        2_000  # the new version's drift reference: rows served after the alert
+    )
     retrain_timeout_seconds: float = 900.0
 
     # Shorter alert `for:` durations ({"DataDriftDetected": "10s"}) and Alertmanager grouping, for

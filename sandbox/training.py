@@ -1,103 +1,94 @@
-"""Start ``train-and-register`` embedded: check the inputs first, then follow the steps as they run."""
+"""Start ``train-and-register`` from the control plane: check the inputs first, then run it where it runs.
+
+Where it runs is the runner's business (``pipelines.runners``): kfp.local on this machine, or the
+KFP API of the kind cluster (``--kind``). Both take the same :class:`TrainParams` and give the same
+:class:`TrainResult`.
+"""
 
 from __future__ import annotations
 
-import json
-import os
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from pipelines.data import SOURCES, DataError, load_csv
 from pipelines.features import schema_for_source
-from pipelines.run import PipelineError, run_in_child
+from pipelines.params import TrainParams, TrainResult
+from pipelines.runners import OnStep, no_step, runner_for
 from pipelines.scenarios import check_scenario
-from pipelines.train import DEFAULT_HYPERPARAMS
 from pipelines.validate import check_frame
 from sandbox.settings import Settings
 
-TrainingError = PipelineError  # what the CLI catches: a step failed, the message says which
+KIND_TRAIN_TIMEOUT = 1800.0  # a first run on a fresh cluster pulls the images of every step
+SOURCE_CHOICES = (*SOURCES, "production")
 
 
-@dataclass
-class TrainRequest:
-    source: str = "synthetic"
-    scenario: str = "none"
-    severity: float = 1.0
-    n_rows: int = 20_000
-    seed: int = 0
-    csv_path: str = ""
-    hyperparams: dict = field(default_factory=dict)
-    trigger: str = "manual"
-    trigger_info: dict = field(default_factory=dict)  # tagged on the MLflow run as trigger.<key>
-    model_name: str | None = None
-
-    def arguments(self, settings: Settings) -> dict:
-        model_name = self.model_name or (
-            "breast-cancer" if self.source == "breast_cancer" else settings.model_name
-        )
-        return {
-            "mlflow_uri": settings.mlflow_uri,
-            "model_name": model_name,
-            "experiment": settings.experiment,
-            "source": self.source,
-            "scenario": self.scenario,
-            "severity": self.severity,
-            "n_rows": self.n_rows,
-            "seed": self.seed,
-            "csv_path": str(Path(self.csv_path).resolve()) if self.csv_path else "",
-            "gate_metric": settings.gate_metric,
-            "min_score": settings.gate_min_score,
-            "tolerance": settings.gate_tolerance,
-            "trigger": self.trigger,
-            "trigger_info": json.dumps(self.trigger_info),
-            "monitor_url": settings.monitor_url,
-            "reference_rows": settings.retrain_reference_rows,
-            "min_production_rows": settings.retrain_min_production_rows,
-            "window_rows": settings.retrain_window_rows,
-            **DEFAULT_HYPERPARAMS,
-            **self.hyperparams,
-        }
+def train_params(settings: Settings, **overrides) -> TrainParams:
+    """The run the settings describe, with ``overrides`` (a CSV path resolved; the breast-cancer model named)."""
+    if overrides.get("source") == "breast_cancer":
+        overrides.setdefault("model_name", "breast-cancer")
+    if overrides.get("csv_path"):
+        overrides["csv_path"] = str(Path(overrides["csv_path"]).resolve())
+    return TrainParams.from_settings(settings, **overrides)
 
 
-def check_request(request: TrainRequest) -> None:
+def check_params(params: TrainParams, on_cluster: bool = False) -> None:
     """Bad parameters fail here, before any step runs, with a message that names the problem."""
-    if request.n_rows <= 0:
-        raise DataError(f"--n-rows must be positive, got {request.n_rows}")
-    if request.source not in (*SOURCES, "production"):
-        raise DataError(f"unknown source {request.source!r}; choose one of {', '.join(SOURCES)}, production")
-    check_scenario(request.scenario, request.severity)
-    if request.source == "breast_cancer" and request.scenario != "none":
+    if params.n_rows <= 0:
+        raise DataError(f"--n-rows must be positive, got {params.n_rows}")
+    if params.source not in SOURCE_CHOICES:
+        raise DataError(f"unknown source {params.source!r}; choose one of {', '.join(SOURCE_CHOICES)}")
+    check_scenario(params.scenario, params.severity)
+    if params.source == "breast_cancer" and params.scenario != "none":
         raise DataError("drift scenarios apply to the loan schema; use --scenario none with breast_cancer")
-    if request.source == "csv":
-        if not request.csv_path:
+    if params.source == "csv":
+        if on_cluster:
+            raise DataError(
+                "--source csv reads a file on this machine, which the cluster's pods cannot see; "
+                "use --source synthetic or breast_cancer with --kind"
+            )
+        if not params.csv_path:
             raise DataError("--source csv needs --csv-path PATH")
-        report = check_frame(load_csv(request.csv_path), schema_for_source("csv"))
+        report = check_frame(load_csv(params.csv_path), schema_for_source("csv"))
         if not report.ok:
-            raise DataError(f"{request.csv_path} does not fit the loan schema: " + "; ".join(report.errors))
+            raise DataError(f"{params.csv_path} does not fit the loan schema: " + "; ".join(report.errors))
 
 
-def check_mlflow(settings: Settings) -> None:
+def check_mlflow(settings: Settings, on_cluster: bool = False) -> None:
     try:
-        resp = httpx.get(settings.mlflow_uri.rstrip("/") + "/health", timeout=3)
-        resp.raise_for_status()
+        httpx.get(settings.mlflow_uri.rstrip("/") + "/health", timeout=3).raise_for_status()
     except httpx.HTTPError as exc:
-        raise TrainingError(
-            f"MLflow is not reachable at {settings.mlflow_uri} ({type(exc).__name__}); "
-            "start the stack with `sandbox up --local` (or `make local`)"
+        fix = (
+            "is the cluster up? `sandbox status --kind`, `make up`"
+            if on_cluster
+            else "start the stack with `sandbox up --local` (or `make local`)"
+        )
+        raise DataError(
+            f"MLflow is not reachable at {settings.mlflow_uri} ({type(exc).__name__}); {fix}"
         ) from exc
 
 
-def run_embedded(
-    request: TrainRequest,
+def on_cluster_settings(settings: Settings) -> Settings:
+    """The settings of a run submitted from this machine to the kind cluster's KFP API."""
+    from pipelines.remote import DEFAULT_KFP_HOST
+
+    return settings.model_copy(update={"kfp_host": settings.kfp_host or DEFAULT_KFP_HOST})
+
+
+def train(
+    params: TrainParams,
     settings: Settings,
-    on_step: Callable[[str, str, float], None] = lambda step, state, seconds: None,
-) -> dict:
-    """Check the request, then run the pipeline via kfp.local in a child process (``run_in_child``)."""
-    check_request(request)
-    check_mlflow(settings)
-    log_path = settings.logs_dir / f"train-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-    return run_in_child(request.arguments(settings), settings.kfp_root, log_path, on_step)
+    on_step: OnStep = no_step,
+    on_cluster: bool = False,
+    on_submitted=None,
+) -> TrainResult:
+    """Check the parameters and MLflow, then run the pipeline: embedded, or on the cluster's KFP API."""
+    check_params(params, on_cluster)
+    check_mlflow(settings, on_cluster)
+    if on_cluster:
+        runner = runner_for(
+            on_cluster_settings(settings), KIND_TRAIN_TIMEOUT, from_host=True, on_submitted=on_submitted
+        )
+    else:
+        runner = runner_for(settings)
+    return runner.run(params, on_step)

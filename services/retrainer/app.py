@@ -24,8 +24,6 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from pathlib import Path
 from typing import Literal
 
 from fastapi import FastAPI
@@ -34,14 +32,12 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from pydantic import BaseModel, Field
 
-from pipelines.train import DEFAULT_HYPERPARAMS
+from pipelines.params import TrainParams
+from pipelines.runners import Runner, runner_for
 from sandbox.settings import Settings
 from services.retrainer.policy import TRIGGER, alert_key, decide
 
 log = logging.getLogger("sandbox.retrainer")
-
-# The pipeline runner: (arguments, log path) -> the gate's result; raises on a failed run.
-Runner = Callable[[dict, Path], dict]
 
 
 # --- Alertmanager's webhook payload (version 4) ----------------------------------------------------
@@ -113,56 +109,25 @@ def unix_seconds(timestamp: str) -> float:
         return 0.0
 
 
-def retrain_arguments(settings: Settings, alert: dict, seed: int) -> dict:
+def retrain_params(settings: Settings, alert: dict, seed: int) -> TrainParams:
     """train-and-register's parameters for a retraining on production data, tagged with the alert."""
     alertname = alert["labels"].get("alertname", "unknown")
-    return {
-        "mlflow_uri": settings.mlflow_uri,
-        "model_name": settings.model_name,
-        "experiment": settings.experiment,
-        "source": "production",
-        "n_rows": settings.retrain_production_rows,
-        "seed": seed,
-        "monitor_url": settings.monitor_url,
-        "reference_rows": settings.retrain_reference_rows,
-        "min_production_rows": settings.retrain_min_production_rows,
-        "window_rows": settings.retrain_window_rows,
-        # The new drift reference waits for rows served after the alert began (pipelines/production.py).
-        "reference_since": unix_seconds(alert.get("startsAt", "")),
-        "gate_metric": settings.gate_metric,
-        "min_score": settings.gate_min_score,
-        "tolerance": settings.gate_tolerance,
-        "trigger": f"alert:{alertname}",
-        "trigger_info": json.dumps(
-            {
-                "alertname": alertname,
-                "fingerprint": alert.get("fingerprint", ""),
-                "starts_at": alert.get("startsAt", ""),
-                "summary": alert.get("annotations", {}).get("summary", "")[:250],
-            }
-        ),
-        **DEFAULT_HYPERPARAMS,
+    trigger_info = {
+        "alertname": alertname,
+        "fingerprint": alert.get("fingerprint", ""),
+        "starts_at": alert.get("startsAt", ""),
+        "summary": alert.get("annotations", {}).get("summary", "")[:250],
     }
-
-
-def local_runner(settings: Settings) -> Runner:
-    """kfp.local in a child process, the same way `sandbox train` runs it."""
-    from pipelines.run import run_in_child
-
-    def run(arguments: dict, log_path: Path) -> dict:
-        return run_in_child(arguments, settings.kfp_root, log_path, timeout=settings.retrain_timeout_seconds)
-
-    return run
-
-
-def cluster_runner(settings: Settings) -> Runner:
-    """The Kubeflow Pipelines API (``SANDBOX_KFP_HOST``): compile, submit, wait."""
-    from pipelines.remote import submit_and_wait
-
-    def run(arguments: dict, log_path: Path) -> dict:
-        return submit_and_wait(settings.kfp_host, arguments, timeout=settings.retrain_timeout_seconds)
-
-    return run
+    return TrainParams.from_settings(
+        settings,
+        source="production",
+        n_rows=settings.retrain_production_rows,
+        seed=seed,
+        # The new drift reference waits for rows served after the alert began (pipelines/production.py).
+        drift_reference_since=unix_seconds(alert.get("startsAt", "")),
+        trigger=f"alert:{alertname}",
+        trigger_info=json.dumps(trigger_info),
+    )
 
 
 class Retrainer:
@@ -241,22 +206,22 @@ class Retrainer:
 
     def _retrain(self, run: dict, alert: dict) -> None:
         log_path = self.settings.logs_dir / f"{run['id']}.log"
-        arguments = retrain_arguments(self.settings, alert, seed=int(run["started_at"]) % 100_000)
+        params = retrain_params(self.settings, alert, seed=int(run["started_at"]) % 100_000)
         try:
-            result = self.runner(arguments, log_path)
+            result = self.runner.run(params, log_name=run["id"])
         except Exception as exc:  # a failed run is counted and shown, never fatal to the service
             outcome = "failed"
             run.update(error=str(exc)[:500])
             self.metrics.failures.inc()
             log.error("%s failed: %s", run["id"], exc)
         else:
-            outcome = "promoted" if result.get("promoted") else "rejected"
+            outcome = "promoted" if result.promoted else "rejected"
             run.update(
-                model_version=result.get("model_version"),
-                run_id=result.get("run_id"),
-                champion_version=result.get("champion_version"),
-                gate_reason=result.get("reason"),
-                metrics=result.get("metrics"),
+                model_version=result.model_version,
+                run_id=result.run_id,
+                champion_version=result.champion_version,
+                gate_reason=result.reason,
+                metrics=result.metrics,
             )
             self.metrics.last_success.set(time.time())
             log.info("%s finished: v%s %s (%s)", run["id"], run["model_version"], outcome, run["gate_reason"])
@@ -296,7 +261,7 @@ def create_app(settings: Settings | None = None, runner: Runner | None = None) -
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if runner is None:
-        runner = cluster_runner(settings) if settings.kfp_host else local_runner(settings)
+        runner = runner_for(settings, settings.retrain_timeout_seconds)
     metrics = RetrainerMetrics()
     retrainer = Retrainer(settings, runner, metrics)
     log.info(

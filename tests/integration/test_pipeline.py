@@ -8,8 +8,9 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.features import LOAN_SCHEMA
 from pipelines.registry import REFERENCE_ARTIFACT
+from pipelines.run import PipelineError
 from sandbox.settings import Settings
-from sandbox.training import TrainingError, TrainRequest, run_embedded
+from sandbox.training import train, train_params
 
 pytestmark = pytest.mark.integration
 MODEL = "it-loan-default"
@@ -23,17 +24,19 @@ def settings(mlflow_server, tmp_path_factory):
 @pytest.fixture(scope="module")
 def first_run(settings):
     steps = []
-    result = run_embedded(
-        TrainRequest(n_rows=6_000, seed=1, model_name=MODEL), settings, lambda *event: steps.append(event)
+    result = train(
+        train_params(settings, n_rows=6_000, seed=1, model_name=MODEL),
+        settings,
+        lambda *event: steps.append(event),
     )
     return result, steps
 
 
 def test_first_model_becomes_champion(first_run, settings):
     result, steps = first_run
-    assert result["promoted"] is True and result["model_version"] == "1"
-    assert result["champion_version"] == "1"
-    assert "no champion yet" in result["reason"]
+    assert result.promoted is True and result.model_version == "1"
+    assert result.champion_version == "1"
+    assert "no champion yet" in result.reason
     finished = [(step, state) for step, state, _ in steps if state != "running"]
     assert finished == [
         (s, "success") for s in ("load-data", "validate-data", "train", "evaluate", "register", "promote")
@@ -42,9 +45,9 @@ def test_first_model_becomes_champion(first_run, settings):
     client = MlflowClient(settings.mlflow_uri)
     assert client.get_model_version_by_alias(MODEL, "champion").version == "1"
     assert client.get_model_version_by_alias(MODEL, "challenger").version == "1"
-    run = client.get_run(result["run_id"])
+    run = client.get_run(result.run_id)
     assert run.data.params["max_iter"] == "200" and run.data.params["scenario"] == "none"
-    assert run.data.metrics["roc_auc"] == pytest.approx(result["metrics"]["roc_auc"])
+    assert run.data.metrics["roc_auc"] == pytest.approx(result.metrics["roc_auc"])
     assert "slice_region_north_roc_auc" in run.data.metrics
     assert run.data.tags["trigger"] == "manual"
     version = client.get_model_version(MODEL, "1")
@@ -60,16 +63,16 @@ def test_registered_model_has_signature_example_and_reference(first_run, setting
     assert info.signature is not None
     assert [i.name for i in info.signature.inputs.inputs] == LOAN_SCHEMA.names
     assert info.saved_input_example_info is not None
-    path = mlflow.artifacts.download_artifacts(run_id=result["run_id"], artifact_path=REFERENCE_ARTIFACT)
+    path = mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path=REFERENCE_ARTIFACT)
     reference = pd.read_parquet(path)
     assert list(reference.columns) == LOAN_SCHEMA.names + ["default"] and len(reference) > 1000
 
 
 def test_worse_challenger_is_not_promoted_and_the_tag_says_why(first_run, settings):
-    weak = TrainRequest(n_rows=6_000, seed=1, model_name=MODEL, hyperparams={"max_iter": 3, "max_depth": 2})
-    result = run_embedded(weak, settings)
-    assert result["promoted"] is False and result["model_version"] == "2"
-    assert result["champion_version"] == "1"
+    weak = train_params(settings, n_rows=6_000, seed=1, model_name=MODEL, max_iter=3, max_depth=2)
+    result = train(weak, settings)
+    assert result.promoted is False and result.model_version == "2"
+    assert result.champion_version == "1"
     client = MlflowClient(settings.mlflow_uri)
     assert client.get_model_version_by_alias(MODEL, "champion").version == "1"
     assert client.get_model_version_by_alias(MODEL, "challenger").version == "2"
@@ -86,6 +89,6 @@ def test_a_failing_step_is_named(settings, tmp_path):
 
     path = tmp_path / "loans.csv"
     generate_loans(300, seed=0).to_csv(path, index=False)
-    request = TrainRequest(source="csv", csv_path=str(path), n_rows=30, model_name=MODEL)
-    with pytest.raises(TrainingError, match=r"step 'validate-data' failed: .*only 30 rows; at least 50"):
-        run_embedded(request, settings)
+    params = train_params(settings, source="csv", csv_path=str(path), n_rows=30, model_name=MODEL)
+    with pytest.raises(PipelineError, match=r"step 'validate-data' failed: .*only 30 rows; at least 50"):
+        train(params, settings)

@@ -54,8 +54,8 @@ def stack(mlflow_server, tmp_path_factory):
         "SANDBOX_ALERTMANAGER_PORT": str(free_port()),
         "SANDBOX_RETRAIN_COOLDOWN_SECONDS": "5",
         "SANDBOX_RETRAIN_MIN_PRODUCTION_ROWS": "300",
-        "SANDBOX_RETRAIN_WINDOW_ROWS": "1200",
-        "SANDBOX_RETRAIN_REFERENCE_ROWS": "3000",
+        "SANDBOX_RETRAIN_DRIFT_REFERENCE_ROWS": "1200",
+        "SANDBOX_RETRAIN_CLEAN_ROWS": "3000",
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     }
     procs = [

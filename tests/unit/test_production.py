@@ -31,7 +31,7 @@ def fake_monitor(labelled, recent):
 def test_training_is_production_plus_clean_rows_and_the_reference_is_recent_traffic():
     fetch, calls = fake_monitor(records(600), records(300, shift=100, labelled=False))
     training, reference = production_data(
-        "http://m", n_rows=5000, reference_rows=2000, window_rows=250, fetch=fetch
+        "http://m", n_rows=5000, clean_rows=2000, drift_reference_rows=250, fetch=fetch
     )
     assert len(training) == 2600  # 600 production + 2,000 clean
     assert check_frame(training, LOAN_SCHEMA).ok
@@ -39,9 +39,9 @@ def test_training_is_production_plus_clean_rows_and_the_reference_is_recent_traf
     assert calls == [(5000, True), (250, False)]
 
 
-def test_reference_rows_zero_trains_on_production_alone():
+def test_clean_rows_zero_trains_on_production_alone():
     fetch, _ = fake_monitor(records(400), records(400))
-    training, _ = production_data("http://m", reference_rows=0, fetch=fetch)
+    training, _ = production_data("http://m", clean_rows=0, fetch=fetch)
     assert len(training) == 400
 
 
@@ -72,7 +72,7 @@ def test_with_since_the_reference_waits_for_rows_of_the_new_regime():
         return arrived[-limit:]
 
     _, reference = production_data(
-        "http://m", window_rows=300, since=1.0, wait_seconds=30, poll_seconds=0, fetch=fetch
+        "http://m", drift_reference_rows=300, since=1.0, wait_seconds=30, poll_seconds=0, fetch=fetch
     )
     assert len(reference) == 300 and len(arrived) == 300
 
@@ -84,6 +84,8 @@ def test_after_the_wait_the_reference_is_the_latest_rows_and_says_so(capsys):
         asked.append(since)
         return records(500) if want_labelled else records(50 if since else 300, labelled=False)
 
-    _, reference = production_data("http://m", window_rows=300, since=1.0, wait_seconds=0, fetch=fetch)
+    _, reference = production_data(
+        "http://m", drift_reference_rows=300, since=1.0, wait_seconds=0, fetch=fetch
+    )
     assert len(reference) == 300 and asked[-1] is None
     assert "drift may persist" in capsys.readouterr().out

@@ -5,6 +5,7 @@ import threading
 import pytest
 from fastapi.testclient import TestClient
 
+from pipelines.params import TrainResult
 from sandbox.settings import Settings
 from services.retrainer.app import create_app, unix_seconds
 from services.retrainer.policy import SKIP, TRIGGER, alert_key, decide
@@ -68,25 +69,22 @@ def test_policy_picks_the_fresh_alert_of_a_group():
 
 
 class RecordingRunner:
-    """Stands in for the pipeline run: records the arguments, answers like the gate, can fail or block."""
+    """Stands in for the pipeline run: records the parameters, answers like the gate, can fail or block."""
 
     def __init__(self, result=None, error=None):
         self.calls, self.result, self.error = [], result, error
         self.release = threading.Event()
         self.release.set()
 
-    def __call__(self, arguments, log_path):
-        self.calls.append(arguments)
+    def run(self, params, on_step=None, log_name=None):
+        self.calls.append(params)
         self.release.wait(10)
         if self.error:
             raise self.error
-        return self.result or {
-            "promoted": True,
-            "model_version": "2",
-            "run_id": "r",
-            "champion_version": "2",
-            "reason": "ok",
-        }
+        return self.result or TrainResult(
+            run_id="r", model_name="loan-default", model_version="2", metrics={}, promoted=True,
+            reason="ok", champion_version="2",
+        )  # fmt: skip
 
 
 @pytest.fixture
@@ -109,11 +107,11 @@ def test_a_firing_alert_starts_one_retraining_on_production_data(settings):
     answer = client.post("/alerts", json=notification())
     retrainer.wait_idle(10)
     assert answer.status_code == 202 and answer.json()["action"] == "trigger"
-    (arguments,) = runner.calls
-    assert arguments["source"] == "production" and arguments["trigger"] == "alert:DataDriftDetected"
-    assert arguments["monitor_url"] == "http://127.0.0.1:18001"
-    assert '"fingerprint": "abc"' in arguments["trigger_info"]
-    assert arguments["reference_since"] == unix_seconds("2026-11-24T10:00:00Z") > 0
+    (params,) = runner.calls
+    assert params.source == "production" and params.trigger == "alert:DataDriftDetected"
+    assert params.monitor_url == "http://127.0.0.1:18001"
+    assert '"fingerprint": "abc"' in params.trigger_info
+    assert params.drift_reference_since == unix_seconds("2026-11-24T10:00:00Z") > 0
     status = client.get("/api/status").json()
     assert status["running"] is None and status["last"]["state"] == "promoted"
     assert status["last"]["model_version"] == "2"
