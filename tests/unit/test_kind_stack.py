@@ -660,3 +660,280 @@ def test_sandbox_status_kind_shows_the_cluster_and_fails_when_something_is_wrong
     assert as_json.exit_code == 1 and document["cluster"] == broken and document["champion"] is None
     assert document["kfp_runs"] is None and "does not answer" in document["kfp_error"]
     assert document["urls"]["Grafana"] == "http://127.0.0.1:3001"
+
+
+# --- issue 15: what breaks a first `make up` on a real laptop ------------------------------------
+
+
+def test_apple_silicon_is_refused_with_make_demo_as_the_way():
+    for arch in ("aarch64", "arm64"):
+        report = pf(FakeDocker(arch=arch))
+        assert not report.ok and state(report)["architecture"] == ks.FAIL
+        (problem,) = report.problems
+        assert "needs amd64" in problem and "make demo" in problem and "#10308" in problem
+    assert state(pf(FakeDocker(arch="x86_64")))["architecture"] == ks.OK
+
+
+def test_a_kind_older_than_the_node_images_release_is_refused_and_the_upgrade_named():
+    old = pf(FakeDocker(kind="v0.27.0"))
+    assert not old.ok
+    (problem,) = old.problems
+    assert "kind v0.27.0 is older than v0.33.0" in problem and "sigs.k8s.io/kind@v0.33.0" in problem
+    assert pf(FakeDocker(kind="v0.33.0")).ok and pf(FakeDocker(kind="v0.34.1")).ok
+
+
+def test_missing_git_fails_and_the_kfp_tag_is_not_asked_for():
+    runner = FakeDocker()
+    report = pf(runner, which=lambda tool: None if tool == "git" else f"/usr/bin/{tool}")
+    assert report.problems == [f"git is not installed: {ks.INSTALL_HINTS['git']}"]
+    assert not any(c[0] == "git" for c in runner.calls)
+
+
+def test_low_inotify_limits_warn_with_the_sysctl_fix_on_linux_only():
+    def stock_ubuntu(path):
+        return {"max_user_watches": "65536\n", "max_user_instances": "128\n"}.get(path.rsplit("/", 1)[-1])
+
+    low = pf(FakeDocker(), read=stock_ubuntu)
+    assert low.ok and state(low)["inotify"] == ks.WARNING
+    (warning,) = low.warnings
+    assert "max_user_watches=65536" in warning and "max_user_instances=128" in warning
+    assert "sudo sysctl fs.inotify.max_user_watches=524288 fs.inotify.max_user_instances=512" in warning
+    # Docker Desktop (and macOS) run kind in a VM: the host's limits do not apply.
+    assert "inotify" not in state(pf(FakeDocker(os_name="Docker Desktop"), read=stock_ubuntu))
+    assert "inotify" not in state(pf(FakeDocker(), read=stock_ubuntu, system="darwin"))
+
+
+def test_port_5000_taken_on_macos_names_airplay_receiver_and_how_to_move_the_port():
+    report = pf(FakeDocker(), port_free=lambda port: port != 5000, system="darwin")
+    (problem,) = report.problems
+    assert "5000" in problem and "AirPlay Receiver" in problem
+    assert "hostPort: 5000" in problem and "SANDBOX_MLFLOW_PORT" in problem
+
+
+def test_preflight_checks_the_ports_kind_config_maps(tmp_path):
+    (tmp_path / "manifests/kfp").mkdir(parents=True)
+    (tmp_path / "manifests/kfp/kustomization.yaml").write_text("resources: [x?ref=2.17.0]\n")
+    (tmp_path / "kind-config.yaml").write_text("nodes:\n  - extraPortMappings:\n      - {hostPort: 5001}\n")
+    asked = []
+    pf(FakeDocker(), port_free=lambda port: asked.append(port) or True, root=tmp_path)
+    assert asked == [5001]
+
+
+def test_low_docker_cpus_and_disk_warn():
+    report = pf(FakeDocker(cpus=2), free=lambda path: 5 * GiB)
+    assert state(report)["docker CPUs"] == ks.WARNING and state(report)["disk"] == ks.WARNING
+    assert report.ok, "slow, not broken"
+    assert any("5.0 GiB free under /var/lib/docker" in w for w in report.warnings)
+    assert state(pf(FakeDocker(), free=lambda path: None))["disk"] == ks.SKIP  # Docker Desktop's VM
+
+
+def test_a_kfp_ref_that_does_not_exist_fails_in_seconds_naming_the_newest_tags():
+    report = pf(FakeDocker(tags=KFP_TAGS.replace("refs/tags/2.17.0", "refs/tags/2.15.0")))
+    assert not report.ok
+    (problem,) = report.problems
+    assert "no release tag 2.17.0" in problem and "newest: 2.5.0, 2.15.0, 2.16.0, 2.16.1" in problem
+    assert "cluster-scoped/kustomization.yaml" in problem
+    unreachable = pf(
+        FakeDocker(fail={"git ls-remote": (128, "fatal: unable to access: Could not resolve host")})
+    )
+    (problem,) = unreachable.problems
+    assert "Could not resolve host" in problem and "network or proxy" in problem
+
+
+def test_release_tags_keep_backend_tags_only_in_version_order():
+    listing = KFP_TAGS + "\nabc\trefs/tags/2.10.0\ndef\trefs/tags/2.0.0-rc.1\n"
+    assert ks.release_tags(listing) == ["2.5.0", "2.10.0", "2.16.0", "2.16.1", "2.17.0"]
+    assert ks.kfp_ref() == "2.17.0"
+
+
+def test_the_build_leaves_out_attestations_only_when_buildkit_builds(monkeypatch, tmp_path):
+    monkeypatch.delenv("DOCKER_BUILDKIT", raising=False)
+    monkeypatch.delenv("SANDBOX_BASE_IMAGE", raising=False)
+    buildkit = FakeDocker()
+    ks.build_image(buildkit, tmp_path)
+    assert (
+        buildkit.lines()[-1]
+        == f"docker build -t mlops-sandbox:0.1.0 --provenance=false --sbom=false {tmp_path}"
+    )
+    legacy = FakeDocker(fail={"docker buildx version": (1, "docker: 'buildx' is not a docker command")})
+    ks.build_image(legacy, tmp_path)
+    assert legacy.lines()[-1] == f"docker build -t mlops-sandbox:0.1.0 {tmp_path}"
+    monkeypatch.setenv("DOCKER_BUILDKIT", "0")
+    forced = FakeDocker()
+    ks.build_image(forced, tmp_path)
+    assert "--provenance=false" not in forced.lines()[-1]
+
+
+def test_the_image_is_saved_for_one_platform_only_where_docker_can(tmp_path):
+    new, old = FakeDocker(api="1.51"), FakeDocker(api="1.47")
+    ks.load_image(new, tmp_path, arch="amd64")
+    ks.load_image(old, tmp_path, arch="amd64")
+    archive = tmp_path / "image.tar"
+    assert f"docker save -o {archive} --platform linux/amd64 mlops-sandbox:0.1.0" in new.lines()
+    assert f"docker save -o {archive} mlops-sandbox:0.1.0" in old.lines()
+    assert new.lines()[-1] == old.lines()[-1] == f"kind load image-archive {archive} --name mlops-sandbox"
+
+
+def test_image_changed_only_in_a_kept_cluster_with_another_or_no_record():
+    assert ks.image_changed(True, "sha256:old", "sha256:new")
+    assert ks.image_changed(True, None, "sha256:new"), "state removed (`make clean`): restart to be sure"
+    assert not ks.image_changed(True, "sha256:same", "sha256:same")
+    assert not ks.image_changed(False, "sha256:old", "sha256:new"), "a new cluster has no old pods"
+
+
+def test_a_second_up_after_a_code_change_restarts_the_project_pods(tools, tmp_path):
+    (tmp_path / ks.LOADED_IMAGE_RECORD).write_text("sha256:" + "0" * 64)
+    runner = FakeDocker(cluster=True, secret=True, image_id="sha256:" + "b" * 64)
+    results = {r.name: r.detail for r in ks.up(runner, lambda: "skipped", tmp_path)}
+    lines = runner.lines()
+    restart = next(i for i, line in enumerate(lines) if "rollout restart" in line)
+    assert lines[restart].endswith(
+        "rollout restart deployment/mlflow deployment/serving deployment/monitor deployment/retrainer -n mlops"
+    )
+    applied = next(i for i, line in enumerate(lines) if f"apply -k {REPO_ROOT / ks.OVERLAY}" in line)
+    first_rollout = next(i for i, line in enumerate(lines) if "rollout status" in line)
+    assert applied < restart < first_rollout
+    assert results["restart on new image"] == "new image: restarted mlflow, serving, monitor, retrainer"
+    assert (tmp_path / ks.LOADED_IMAGE_RECORD).read_text() == "sha256:" + "b" * 64
+
+
+def test_kfp_health_through_the_ui_needs_api_server_ready():
+    def ui(ready):
+        return lambda url: (200, json.dumps({"apiServerReady": ready, "apiServerTagName": "2.17.0"}))
+
+    ready, detail = ks.kfp_api_health("http://127.0.0.1:8080", ui(False))
+    assert not ready and "apiServerReady: false" in detail and "app=ml-pipeline" in detail
+    assert ks.kfp_api_health("http://127.0.0.1:8080/", ui(True)) == (
+        True,
+        "Kubeflow Pipelines API ready (backend 2.17.0)",
+    )
+    # The API server itself (SANDBOX_KFP_HOST pointing past the UI) has no such field: its 200 counts.
+    api = ks.kfp_api_health(
+        "http://ml-pipeline:8888", lambda url: (200, '{"commit_sha": "x", "tag_name": "2.17.0"}')
+    )
+    assert api == (True, "Kubeflow Pipelines API ready (backend 2.17.0)")
+    assert not ks.kfp_api_health("http://h", lambda url: (503, ""))[0]
+    assert ks.kfp_api_health("http://h", lambda url: (0, "Connection refused")) == (
+        False,
+        "the Kubeflow Pipelines API does not answer at http://h (Connection refused)",
+    )
+
+
+def test_waiting_for_the_kfp_api_polls_until_ready_and_says_why_it_gave_up():
+    answers = iter([(0, "refused"), (200, '{"apiServerReady": false}'), (200, '{"apiServerReady": true}')])
+    now = [0.0]
+    detail = ks.wait_kfp_api(
+        "http://h",
+        60,
+        lambda url: next(answers),
+        clock=lambda: now[0],
+        sleep=lambda s: now.__setitem__(0, now[0] + s),
+    )
+    assert detail.startswith("Kubeflow Pipelines API ready") and now[0] == 6
+    with pytest.raises(ks.KindStackError) as info:
+        ks.wait_kfp_api("http://h", 10, lambda url: (200, '{"apiServerReady": false}'), clock=lambda: now[0],
+                        sleep=lambda s: now.__setitem__(0, now[0] + s))  # fmt: skip
+    assert "not ready after 10s" in str(info.value) and "apiServerReady: false" in str(info.value)
+
+
+def test_a_rollout_timeout_shows_the_namespaces_latest_events():
+    class Events(FakeDocker):
+        def __call__(self, args, **kwargs):
+            if "events" in args:
+                self.calls.append(list(args))
+                return ks.CommandResult(
+                    0, "LAST SEEN  TYPE  REASON\n2m  Warning  FailedScheduling  Insufficient memory\n"
+                )
+            return super().__call__(args, **kwargs)
+
+    runner = Events(
+        fail={"rollout status deployment/mlflow": (1, "error: timed out waiting for the condition")}
+    )
+    with pytest.raises(ks.KindStackError) as info:
+        ks.wait_rollouts(runner, ["mlflow"], timeout=5)
+    message = str(info.value)
+    assert "rollout of mlflow failed" in message and "timed out waiting" in message
+    assert "latest events in mlops:" in message and "Insufficient memory" in message
+    assert runner.lines()[-1].endswith("get events -n mlops --sort-by=.lastTimestamp")
+
+
+def test_a_failed_phase_names_its_log_which_holds_the_command_and_output(tools, tmp_path):
+    runner = FakeDocker(fail={"docker build": (1, "ERROR: failed to solve: network unreachable")})
+    with pytest.raises(ks.KindStackError) as info:
+        ks.up(runner, lambda: "", tmp_path / "kind", logs_dir=tmp_path / "logs")
+    log = tmp_path / "logs" / "kind-build-image.log"
+    assert f"full log: {log}" in str(info.value)
+    text = log.read_text()
+    assert (
+        "$ docker build -t mlops-sandbox:0.1.0" in text
+        and "[exit 1]" in text
+        and "network unreachable" in text
+    )
+
+
+def test_the_grafana_password_is_never_written_to_a_log(tools, tmp_path):
+    runner = FakeDocker()
+    logged = ks.PhaseLog(runner, tmp_path)
+    logged.start("Grafana admin secret")
+    ks.ensure_grafana_secret(logged, make_password=lambda: "s3cret-pw")
+    assert "s3cret-pw" not in (tmp_path / "kind-grafana-admin-secret.log").read_text()
+
+
+def test_sandbox_doctor_prints_every_check_and_its_fix_and_json(monkeypatch):
+    from typer.testing import CliRunner
+
+    from sandbox import cli
+
+    monkeypatch.setattr(ks, "run_command", FakeDocker(kind="v0.29.0"))
+    monkeypatch.setattr(ks, "preflight", lambda run, **kw: pf(run))
+    table = CliRunner().invoke(cli.app, ["doctor"], terminal_width=250)
+    assert table.exit_code == 1
+    for needle in ("kind version", "fail", "KFP manifests", "architecture", "make demo"):
+        assert needle in " ".join(table.output.split())
+    as_json = CliRunner().invoke(cli.app, ["doctor", "--json"])
+    document = json.loads(as_json.output)
+    assert as_json.exit_code == 1 and document["ok"] is False
+    kind = next(c for c in document["checks"] if c["name"] == "kind version")
+    assert (
+        kind["state"] == "fail" and "older than v0.33.0" in kind["detail"] and "upgrade kind" in kind["fix"]
+    )
+    assert CliRunner().invoke(cli.app, ["doctor", "--help"]).exit_code == 0
+
+
+def test_the_stdlib_doctor_answers_json_and_explains_its_usage():
+    code = subprocess.run(
+        [sys.executable, "-m", "sandbox.kind_stack", "doctor", "--json"],
+        cwd=REPO_ROOT, env={"PATH": "/nonexistent", "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    document = json.loads(code.stdout)
+    assert code.returncode == 1 and document["ok"] is False
+    assert {c["name"] for c in document["checks"]} >= {"docker", "kind", "kubectl", "git"}
+    assert ks.main(["nonsense"]) == 2
+
+
+def test_make_train_submits_to_kfp_when_the_cluster_exists(tmp_path):
+    """The Makefile's recipe with a fake `kind` and a fake `sandbox` that prints its arguments."""
+    import os
+    import shutil as sh
+
+    if sh.which("make") is None:
+        pytest.skip("make is not installed")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    sandbox = bin_dir / "sandbox"
+    sandbox.write_text('#!/bin/sh\necho "sandbox $*"\n')
+    sandbox.chmod(0o755)
+    results = {}
+    for clusters in ("mlops-sandbox", "other"):
+        kind = bin_dir / "kind"
+        kind.write_text(f'#!/bin/sh\n[ "$1 $2" = "get clusters" ] && echo {clusters}\n')
+        kind.chmod(0o755)
+        done = subprocess.run(
+            ["make", "--no-print-directory", "-o", "setup", "train", f"SANDBOX={sandbox}"],
+            cwd=REPO_ROOT, env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        results[clusters] = done.stdout.strip().splitlines()[-1]
+    assert results == {"mlops-sandbox": "sandbox train --kind", "other": "sandbox train"}
