@@ -77,8 +77,8 @@ local: setup ## Bring the embedded stack up (MLflow, ...) under supervisord
 KIND_CLUSTER := mlops-sandbox
 KIND_EXISTS = command -v kind >/dev/null 2>&1 && kind get clusters 2>/dev/null | grep -qx $(KIND_CLUSTER)
 
-up: ## The full stack on a kind cluster (needs Docker, kind, kubectl; checked first, in seconds)
-	@python3 -m sandbox.kind_stack preflight
+up: ## The full stack on a kind cluster (needs Docker, kind, kubectl, git; `sandbox doctor` checks first)
+	@python3 -m sandbox.kind_stack doctor
 	@$(MAKE) --no-print-directory setup
 	$(SANDBOX) up --kind
 
@@ -89,8 +89,8 @@ down: setup ## Stop the embedded stack and delete the kind cluster, leaving noth
 status: setup ## Show every service and its health (the kind cluster's, if it exists)
 	@if $(KIND_EXISTS); then $(SANDBOX) status --kind; else $(SANDBOX) status; fi
 
-train: setup ## Run train-and-register once on the running stack
-	$(SANDBOX) train
+train: setup ## Run train-and-register once on the running stack (the cluster's KFP if it exists)
+	@if $(KIND_EXISTS); then $(SANDBOX) train --kind; else $(SANDBOX) train; fi
 
 compile: setup ## Compile the pipeline to KFP IR in build/
 	$(SANDBOX) compile --output build/train-and-register.yaml

@@ -203,11 +203,19 @@ def connect(host: str, timeout: float = 5.0):
     try:
         response = httpx.get(f"{host}/apis/v2beta1/healthz", timeout=timeout)
         response.raise_for_status()
-    except httpx.HTTPError as exc:
+        # Through the UI (the host's port 8080) this is the UI's own handler: 200 even while the API
+        # server is down, with apiServerReady false (as sandbox.kind_stack.kfp_api_health reads it).
+        ready = response.json().get("apiServerReady", True) is not False
+    except (httpx.HTTPError, ValueError) as exc:
         raise RemoteError(
             f"the Kubeflow Pipelines API does not answer at {host} ({type(exc).__name__}); "
             "is the cluster up (`sandbox status --kind`, `make up`)? Set SANDBOX_KFP_HOST to point elsewhere"
         ) from exc
+    if not ready:
+        raise RemoteError(
+            f"the KFP UI answers at {host}, its API server does not (apiServerReady: false); "
+            "wait for it (`sandbox status --kind`) or see the ml-pipeline pod's log"
+        )
     import kfp
 
     with warnings.catch_warnings():

@@ -68,7 +68,7 @@ def kind_up(timeout: float) -> None:
         fail(report.message())
 
     from pipelines.data import DataError
-    from pipelines.remote import RemoteError
+    from pipelines.remote import DEFAULT_KFP_HOST, RemoteError
     from sandbox.training import train, train_params
 
     settings = Settings()
@@ -108,7 +108,14 @@ def kind_up(timeout: float) -> None:
     try:
         with progress:
             results = ks.up(
-                ks.run_command, first_train, on_phase, report=report, rollout_timeout=max(timeout, 600)
+                ks.run_command,
+                first_train,
+                settings.home / "kind",
+                on_phase,
+                report=report,
+                logs_dir=settings.logs_dir,
+                rollout_timeout=max(timeout, 600),
+                kfp_host=settings.kfp_host or DEFAULT_KFP_HOST,
             )
     except (ks.KindStackError, RemoteError, DataError) as exc:
         fail(str(exc))
@@ -118,13 +125,14 @@ def kind_up(timeout: float) -> None:
     table.add_row("[bold]total[/]", f"{sum(r.seconds for r in results):.0f}", "")
     console.print(table)
     urls = Table("UI / API", "URL")
-    for name, url in ks.URLS.items():
+    for name, url in {**ks.URLS, "MLflow": settings.mlflow_uri}.items():  # SANDBOX_MLFLOW_PORT moves it
         urls.add_row(name, url)
     console.print(urls)
     console.print(f"Grafana: user admin, password: [bold]{ks.grafana_password_command()}[/]", soft_wrap=True)
     console.print(
         "status: [bold]sandbox status --kind[/]; delete the cluster and stop everything: [bold]make down[/]"
     )
+    console.print(f"each phase's log: {settings.logs_dir}/kind-*.log")
 
 
 def kind_status(as_json: bool) -> None:
@@ -138,8 +146,12 @@ def kind_status(as_json: bool) -> None:
     except ks.KindStackError as exc:
         fail(str(exc))
     runs, runs_error = None, None
+    host = settings.kfp_host or DEFAULT_KFP_HOST
+    ready, detail = ks.kfp_api_health(host)  # through the UI: a 200 alone does not mean the API is up
     try:
-        runs = recent_runs(connect(settings.kfp_host or DEFAULT_KFP_HOST))
+        if not ready:
+            raise RemoteError(detail)
+        runs = recent_runs(connect(host))
     except RemoteError as exc:
         runs_error = str(exc)
     except Exception as exc:  # the API answered health but not the listing
@@ -298,6 +310,29 @@ def status(
         elif alerts is not None:
             console.print("no alert firing")
     if not all(r["healthy"] for r in rows):
+        raise typer.Exit(1)
+
+
+@app.command()
+def doctor(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object instead of a table.")] = False,
+) -> None:
+    """Check what `make up` needs (tools, Docker, kind, host limits, ports, the KFP tag); exit 1 on a failure."""
+    from sandbox import kind_stack as ks
+
+    report = ks.preflight(ks.run_command)
+    if as_json:
+        print(json.dumps(report.as_dict()))
+    else:
+        colour = {ks.OK: "green", ks.WARNING: "yellow", ks.FAIL: "red", ks.SKIP: "dim"}
+        table = Table("check", "state", "found", "fix")
+        for c in report.checks:
+            table.add_row(
+                c.name, f"[{colour[c.state]}]{c.state}[/]", c.detail, c.fix if c.state != ks.OK else ""
+            )
+        console.print(table)
+        console.print("ready for [bold]make up[/]" if report.ok else f"not ready. {ks.NO_DOCKER}")
+    if not report.ok:
         raise typer.Exit(1)
 
 

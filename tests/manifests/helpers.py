@@ -76,8 +76,8 @@ def kind_node_version() -> str:
     """The Kubernetes version of the pinned kind node image, e.g. '1.35.8'."""
     config = yaml.safe_load(KIND_CONFIG.read_text())
     image = config["nodes"][0]["image"]
-    match = re.fullmatch(r"kindest/node:v(\d+\.\d+\.\d+)", image)
-    assert match, f"the kind node image must be pinned by version tag: {image}"
+    match = re.fullmatch(r"kindest/node:v(\d+\.\d+\.\d+)@sha256:[0-9a-f]{64}", image)
+    assert match, f"the kind node image must be pinned by version tag and digest: {image}"
     return match.group(1)
 
 

@@ -481,3 +481,46 @@ def test_no_kubernetes_api_rights_are_granted(kind_objects):
     assert not kinds & {"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
     (namespace,) = objects_of(kind_objects, "Namespace").values()
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+# --- issue 15: pins and first-boot settings ---------------------------------------------------------
+
+
+def test_the_kind_node_image_is_pinned_by_digest_for_the_kind_release_ci_installs():
+    from sandbox import kind_stack
+
+    config = yaml.safe_load((REPO_ROOT / "kind-config.yaml").read_text())
+    image = config["nodes"][0]["image"]
+    assert re.fullmatch(r"kindest/node:v1\.35\.8@sha256:[0-9a-f]{64}", image), image
+    # The digest kind v0.33.0's release notes give for v1.35.8 (docs/kind.md says where it came from).
+    assert image.endswith("@sha256:07b2536e30b803ed61d1677a79df6115f798ce64c80f9e22f6ed45afd09323c0")
+    workflow = yaml.safe_load((REPO_ROOT / ".github/workflows/kind-e2e.yml").read_text())
+    assert workflow["env"]["KIND_VERSION"] == "v" + ".".join(map(str, kind_stack.KIND_RELEASE))
+
+
+def test_grafana_does_not_preinstall_plugins_on_every_start(kind_objects):
+    env = {e["name"]: e.get("value") for e in container(kind_objects, "grafana")["env"]}
+    assert env["GF_PLUGINS_PREINSTALL_DISABLED"] == "true"
+
+
+def test_the_deployments_restarted_on_a_new_image_are_those_running_it(kind_objects):
+    from sandbox import kind_stack
+
+    assert sorted(kind_stack.PROJECT_DEPLOYMENTS) == sorted(PROJECT_COMPONENTS)
+    others = set(kind_stack.DEPLOYMENTS) - set(kind_stack.PROJECT_DEPLOYMENTS)
+    assert all(not container(kind_objects, n)["image"].startswith("mlops-sandbox") for n in others)
+
+
+def test_the_e2e_workflow_frees_disk_and_keeps_the_evidence_of_a_failure():
+    workflow = yaml.safe_load((REPO_ROOT / ".github/workflows/kind-e2e.yml").read_text())
+    steps = workflow["jobs"]["e2e"]["steps"]
+    names = [s.get("name", s.get("uses", "")) for s in steps]
+    assert names.index("free disk space") < names.index(
+        "make up (cluster, image, KFP, platform, first training)"
+    )
+    free = steps[names.index("free disk space")]["run"]
+    assert "/usr/local/lib/android" in free and "df -h" in free and "docker system df" in free
+    upload = steps[names.index("upload diagnostics")]
+    assert upload["if"] == "failure()" and upload["uses"].startswith("actions/upload-artifact@")
+    diagnostics = steps[names.index("diagnostics")]["run"]
+    assert "get events" in diagnostics and "logs" in diagnostics and upload["with"]["path"] == "diagnostics/"

@@ -9,6 +9,7 @@ table below, in both directions.
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 
 import pytest
@@ -39,9 +40,15 @@ WORKLOADS = {
     "kfp-api": ("kubeflow", {"app": "ml-pipeline"}),
     "kfp-step": ("kubeflow", {"workflows.argoproj.io/workflow": "train-and-register-x7k2p"}),
     "kube-dns": ("kube-system", {"k8s-app": "kube-dns"}),
+    "stranger": ("default", {"app": "anything"}),  # any other pod of the cluster
 }
 ALL_PORTS = sorted(set(PORTS.values()) | {8888, 53})
-HOST = "host"  # traffic from outside the pod network (kind's NodePort arrives from the node's address)
+HOST = "host"  # the host's connection to a NodePort, as kindnet's policy agent sees it
+# Source addresses: pods get theirs from kind's pod subnet (kind-config.yaml); the host's connection
+# arrives from Docker's side of the `kind` network (Engine: the bridge's gateway; Desktop: its VM's).
+POD_SUBNET = ipaddress.ip_network("10.244.0.0/16")
+ADDRESSES = {name: str(POD_SUBNET[10 + i]) for i, name in enumerate(WORKLOADS)}
+HOST_ADDRESSES = ("172.18.0.1", "192.168.65.3")
 
 
 def matches(selector: dict | None, labels: dict) -> bool:
@@ -59,11 +66,19 @@ def matches(selector: dict | None, labels: dict) -> bool:
     return True
 
 
-def peer_matches(peer: dict, policy_namespace: str, who: str) -> bool:
+def in_block(block: dict, address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    return ip in ipaddress.ip_network(block["cidr"]) and not any(
+        ip in ipaddress.ip_network(e) for e in block.get("except", [])
+    )
+
+
+def peer_matches(peer: dict, policy_namespace: str, who: str, address: str | None = None) -> bool:
     if who == HOST:
-        return "ipBlock" in peer
+        return "ipBlock" in peer and in_block(peer["ipBlock"], address or HOST_ADDRESSES[0])
     if "ipBlock" in peer:
-        return False  # a pod's own address is not what an ipBlock rule is for (Kubernetes docs)
+        # kindnet's agent applies ipBlocks to pod addresses too: 0.0.0.0/0 would admit every pod.
+        return in_block(peer["ipBlock"], ADDRESSES[who])
     namespace, labels = WORKLOADS[who]
     if "namespaceSelector" in peer:
         if not matches(peer["namespaceSelector"], {"kubernetes.io/metadata.name": namespace}):
@@ -73,15 +88,17 @@ def peer_matches(peer: dict, policy_namespace: str, who: str) -> bool:
     return matches(peer.get("podSelector"), labels)
 
 
-def rule_admits(rule: dict, peers_key: str, namespace: str, who: str, port: int) -> bool:
+def rule_admits(rule: dict, peers_key: str, namespace: str, who: str, port: int, address=None) -> bool:
     peers = rule.get(peers_key)
-    if peers is not None and not any(peer_matches(p, namespace, who) for p in peers):
+    if peers is not None and not any(peer_matches(p, namespace, who, address) for p in peers):
         return False
     ports = rule.get("ports")
     return ports is None or any(p.get("port") == port for p in ports)
 
 
-def side_allows(policies: list[dict], direction: str, subject: str, other: str, port: int) -> bool:
+def side_allows(
+    policies: list[dict], direction: str, subject: str, other: str, port: int, address: str | None = None
+) -> bool:
     namespace, labels = WORKLOADS[subject]
     selecting = [
         p
@@ -94,15 +111,17 @@ def side_allows(policies: list[dict], direction: str, subject: str, other: str, 
         return True  # no policy isolates this pod in this direction
     key, peers_key = ("ingress", "from") if direction == "Ingress" else ("egress", "to")
     return any(
-        rule_admits(rule, peers_key, namespace, other, port)
+        rule_admits(rule, peers_key, namespace, other, port, address)
         for p in selecting
         for rule in p["spec"].get(key) or []
     )
 
 
-def allowed(policies: list[dict], source: str, destination: str, port: int) -> bool:
+def allowed(
+    policies: list[dict], source: str, destination: str, port: int, address: str | None = None
+) -> bool:
     egress = source == HOST or side_allows(policies, "Egress", source, destination, port)
-    return egress and side_allows(policies, "Ingress", destination, source, port)
+    return egress and side_allows(policies, "Ingress", destination, source, port, address)
 
 
 def policies_of(objects: list[dict]) -> list[dict]:
@@ -134,11 +153,42 @@ def test_every_pod_resolves_names_and_nothing_else_leaves(base_objects, componen
 def test_kind_lets_the_host_reach_the_uis_but_not_the_retrainer(kind_objects):
     policies = policies_of(kind_objects)
     for name, port in PORTS.items():
-        assert allowed(policies, HOST, name, port) == (name != "retrainer"), name
+        for address in HOST_ADDRESSES:
+            assert allowed(policies, HOST, name, port, address) == (name != "retrainer"), (name, address)
         assert not allowed(policies, HOST, name, 22)
     # The overlay adds host access only: pod-to-pod stays as in the base.
     assert not allowed(policies, "grafana", "mlflow", 5000)
     assert not allowed(policies, "serving", "retrainer", 8002)
+
+
+def test_host_access_admits_no_pod_of_any_namespace(kind_objects):
+    """The host-ui rule is for the host: a pod elsewhere in the cluster does not reach the UIs by it."""
+    policies = policies_of(kind_objects)
+    for name, port in PORTS.items():
+        for pod in ("stranger", "kube-dns", "kfp-api"):
+            assert not allowed(policies, pod, name, port), (pod, name)
+    # Had the rule said 0.0.0.0/0, the evaluator would have let them in: it tests what it claims.
+    wide = [
+        {**p, "spec": {**p["spec"], "ingress": [{"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}]}}
+        if p["metadata"]["name"] == "host-ui"
+        else p
+        for p in policies
+    ]
+    assert allowed(wide, "stranger", "mlflow", 5000)
+
+
+def test_no_pod_or_service_address_of_kind_falls_in_the_host_ranges(kind_objects):
+    import yaml
+
+    from tests.manifests.helpers import KIND_CONFIG
+
+    networking = yaml.safe_load(KIND_CONFIG.read_text())["networking"]
+    (host_ui,) = [p for p in policies_of(kind_objects) if p["metadata"]["name"] == "host-ui"]
+    blocks = [ipaddress.ip_network(peer["ipBlock"]["cidr"]) for peer in host_ui["spec"]["ingress"][0]["from"]]
+    assert ipaddress.ip_network(networking["podSubnet"]) == POD_SUBNET
+    for subnet in (networking["podSubnet"], networking["serviceSubnet"]):
+        assert not any(ipaddress.ip_network(subnet).overlaps(b) for b in blocks), subnet
+    assert not any(b.prefixlen == 0 for b in blocks)
 
 
 def test_the_evaluator_denies_without_a_rule_and_allows_with_one():

@@ -34,11 +34,34 @@ from sandbox.settings import REPO_ROOT, Settings
 GiB = 2**30
 
 
-class FakeDocker:
-    """Docker, kind and kubectl as far as ``up`` can tell: records every call, keeps a little state."""
+# What `git ls-remote --tags --refs https://github.com/kubeflow/pipelines` lists (a part of it).
+KFP_TAGS = "\n".join(
+    f"{i:040x}\trefs/tags/{tag}"
+    for i, tag in enumerate(["2.16.0", "2.16.1", "2.17.0", "sdk-2.17.0-1", "2.5.0", "master-55ec846"])
+)
 
-    def __init__(self, cluster=False, secret=False, memory=16 * GiB, daemon=True, fail=None):
+
+class FakeDocker:
+    """Docker, kind, kubectl and git as far as ``up`` can tell: records every call, keeps a little state."""
+
+    def __init__(
+        self,
+        cluster=False,
+        secret=False,
+        memory=16 * GiB,
+        daemon=True,
+        fail=None,
+        cpus=8,
+        arch="x86_64",
+        kind="v0.33.0",
+        tags=KFP_TAGS,
+        api="1.51",
+        image_id="sha256:" + "a" * 64,
+        os_name="Ubuntu 24.04.2 LTS",
+    ):
         self.cluster, self.secret, self.memory, self.daemon = cluster, secret, memory, daemon
+        self.cpus, self.arch, self.kind, self.tags, self.api = cpus, arch, kind, tags, api
+        self.image_id, self.os_name = image_id, os_name
         self.fail = fail or {}  # command substring -> (returncode, stderr)
         self.calls: list[list[str]] = []
         self.inputs: list[str | None] = []
@@ -56,7 +79,23 @@ class FakeDocker:
                 return ks.CommandResult(
                     1, "", "Cannot connect to the Docker daemon at unix:///var/run/docker.sock"
                 )
-            return ks.CommandResult(0, f"{self.memory}\n")
+            info = {
+                "MemTotal": self.memory,
+                "NCPU": self.cpus,
+                "Architecture": self.arch,
+                "ServerVersion": "29.1.3",
+                "OperatingSystem": self.os_name,
+                "DockerRootDir": "/var/lib/docker",
+            }
+            return ks.CommandResult(0, json.dumps(info) + "\n")
+        if args[:2] == ["kind", "version"]:
+            return ks.CommandResult(0, f"kind {self.kind} go1.25.1 linux/amd64\n")
+        if args[:2] == ["git", "ls-remote"]:
+            return ks.CommandResult(0, self.tags + "\n")
+        if args[:2] == ["docker", "version"]:
+            return ks.CommandResult(0, f"{self.api}\n")
+        if args[:3] == ["docker", "image", "inspect"]:
+            return ks.CommandResult(0, f"{self.image_id}\n")
         if args[:3] == ["kind", "get", "clusters"]:
             return ks.CommandResult(0, "other\nmlops-sandbox\n" if self.cluster else "other\n")
         if args[:3] == ["kind", "create", "cluster"]:
@@ -79,14 +118,41 @@ def free(port):
     return True
 
 
+def roomy_host(path):
+    """/proc/sys/fs/inotify/* of a host that followed kind's advice."""
+    return {"max_user_watches": "524288\n", "max_user_instances": "512\n"}.get(path.rsplit("/", 1)[-1])
+
+
+REAL_PREFLIGHT = ks.preflight  # the fixture below replaces ks.preflight
+
+
+def pf(runner, **changes):
+    """``preflight`` on a ready Linux laptop (tools, limits, disk, ports), but for ``changes``."""
+    host = {
+        "which": all_present,
+        "port_free": free,
+        "system": "linux",
+        "machine": "x86_64",
+        "read": roomy_host,
+        "free": lambda path: 100 * GiB,
+    }
+    return REAL_PREFLIGHT(runner, **{**host, **changes})
+
+
+def state(report):
+    return {c.name: c.state for c in report.checks}
+
+
+KFP_READY = (200, json.dumps({"apiServerReady": True, "apiServerTagName": "2.17.0"}))
+
+
 @pytest.fixture
 def tools(monkeypatch):
-    """Every tool present, every port free (what ``up`` sees on a ready laptop)."""
+    """Every tool present, every port free, KFP's API ready (what ``up`` sees on a ready laptop)."""
     monkeypatch.setattr(ks.shutil, "which", all_present)
     monkeypatch.setattr(ks, "port_is_free", free)
-    monkeypatch.setattr(
-        ks, "preflight", lambda run, _real=ks.preflight: _real(run, which=all_present, port_free=free)
-    )
+    monkeypatch.setattr(ks, "preflight", lambda run, **kw: pf(run))
+    monkeypatch.setattr(ks, "http_get", lambda url, timeout=5: KFP_READY)
 
 
 # --- preflight ------------------------------------------------------------------------------
@@ -94,17 +160,18 @@ def tools(monkeypatch):
 
 def test_preflight_names_every_missing_tool_with_a_hint_and_points_to_make_demo():
     runner = FakeDocker()
-    report = ks.preflight(runner, which=lambda tool: None, port_free=free)
+    report = pf(runner, which=lambda tool: None)
     assert not report.ok
-    assert [p.split(" ")[0] for p in report.problems] == ["docker", "kind", "kubectl"]
+    assert [p.split(" ")[0] for p in report.problems] == ["docker", "kind", "kubectl", "git"]
     assert "docs.docker.com" in report.problems[0] and "kind.sigs.k8s.io" in report.problems[1]
     assert "kubernetes.io/docs/tasks/tools" in report.problems[2]
+    assert "kustomize fetches KFP's manifests" in report.problems[3]
     assert "make demo" in report.message()
     assert runner.calls == [], "nothing to ask Docker when it is not installed"
 
 
 def test_preflight_says_the_docker_daemon_is_down_with_its_own_words():
-    report = ks.preflight(FakeDocker(daemon=False), which=all_present, port_free=free)
+    report = pf(FakeDocker(daemon=False))
     assert len(report.problems) == 1
     assert "Docker daemon is not reachable" in report.problems[0]
     assert "Cannot connect to the Docker daemon" in report.problems[0]
@@ -112,29 +179,28 @@ def test_preflight_says_the_docker_daemon_is_down_with_its_own_words():
 
 
 def test_preflight_warns_under_8_gb_of_docker_memory_but_goes_on():
-    small = ks.preflight(FakeDocker(memory=4 * GiB), which=all_present, port_free=free)
+    small = pf(FakeDocker(memory=4 * GiB))
     assert small.ok and len(small.warnings) == 1 and "4.0 GiB" in small.warnings[0]
     # Docker Desktop set to 8 GB reports a little under 8 GiB: no warning for that.
-    desktop_8gb = ks.preflight(FakeDocker(memory=int(7.7 * GiB)), which=all_present, port_free=free)
+    desktop_8gb = pf(FakeDocker(memory=int(7.7 * GiB)))
     assert desktop_8gb.ok and desktop_8gb.warnings == []
 
 
 def test_preflight_names_taken_host_ports_only_before_the_cluster_exists():
     taken = {5000, 9090}
-    fresh = ks.preflight(FakeDocker(), which=all_present, port_free=lambda port: port not in taken)
+    fresh = pf(FakeDocker(), port_free=lambda port: port not in taken)
     assert not fresh.ok and "5000, 9090" in fresh.problems[0] and "sandbox down" in fresh.problems[0]
+    assert "AirPlay" not in fresh.problems[0], "AirPlay Receiver is macOS only"
     # An existing cluster holds those ports itself.
-    again = ks.preflight(
-        FakeDocker(cluster=True), which=all_present, port_free=lambda port: port not in taken
-    )
-    assert again.ok
+    again = pf(FakeDocker(cluster=True), port_free=lambda port: port not in taken)
+    assert again.ok and state(again)["host ports"] == ks.SKIP
 
 
 def test_preflight_module_fails_within_seconds_on_a_machine_without_docker(tmp_path):
     """What `make up` runs first, with the system python and an empty PATH: no venv, no Docker."""
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "sandbox.kind_stack", "preflight"],
+        [sys.executable, "-m", "sandbox.kind_stack", "doctor"],
         cwd=REPO_ROOT,
         env={"PATH": str(tmp_path), "PYTHONPATH": str(REPO_ROOT)},
         capture_output=True,
@@ -147,6 +213,7 @@ def test_preflight_module_fails_within_seconds_on_a_machine_without_docker(tmp_p
         "docker is not installed",
         "kind is not installed",
         "kubectl is not installed",
+        "git is not installed",
         "make demo",
     ):
         assert needle in done.stderr
@@ -167,13 +234,14 @@ def test_the_module_imports_only_the_standard_library():
 # --- up -------------------------------------------------------------------------------------
 
 
-def test_up_on_a_fresh_machine_runs_every_phase_in_order(tools):
+def test_up_on_a_fresh_machine_runs_every_phase_in_order(tools, tmp_path):
     runner = FakeDocker()
     trained = []
     events = []
     results = ks.up(
         runner,
         first_train=lambda: trained.append(len(runner.calls)) or "v1 champion",
+        state_dir=tmp_path,
         on_phase=lambda name, state, seconds, detail: events.append((name, state)),
     )
     assert [r.name for r in results] == [
@@ -183,10 +251,16 @@ def test_up_on_a_fresh_machine_runs_every_phase_in_order(tools):
         "install Kubeflow Pipelines",
         "Grafana admin secret",
         "apply manifests",
+        "restart on new image",
         "wait for rollouts",
+        "KFP API",
         "first train-and-register",
         "serving rollout",
     ]
+    details = {r.name: r.detail for r in results}
+    assert details["restart on new image"] == "new cluster: nothing to restart"
+    assert details["KFP API"] == "Kubeflow Pipelines API ready (backend 2.17.0)"
+    assert not any("rollout restart" in line for line in runner.lines())
     assert events[0] == ("create cluster", "running") and events[-1] == ("serving rollout", "done")
     lines = runner.lines()
 
@@ -197,7 +271,13 @@ def test_up_on_a_fresh_machine_runs_every_phase_in_order(tools):
         "docker build -t mlops-sandbox:0.1.0"
     )
     assert f"--config {REPO_ROOT / 'kind-config.yaml'}" in lines[index("kind create cluster")]
-    assert index("docker build") < index("kind load docker-image mlops-sandbox:0.1.0 --name mlops-sandbox")
+    archive = tmp_path / "image.tar"
+    assert index("docker build") < index(
+        f"docker save -o {archive} --platform linux/amd64 mlops-sandbox:0.1.0"
+    )
+    assert index("docker save") < index(f"kind load image-archive {archive} --name mlops-sandbox")
+    assert not any("kind load docker-image" in line for line in lines), "fails with containerd's image store"
+    assert not archive.exists(), "the archive (the size of the image) is removed once loaded"
     assert index("kind load") < index(f"apply -k {REPO_ROOT / 'manifests/kfp'}")
     assert index("apply -k") < index("wait --for=condition=available deployment --all -n kubeflow")
     assert (
@@ -240,36 +320,41 @@ def test_a_random_password_each_time_one_is_made():
     assert len(passwords) == 2 and passwords[0] != passwords[1] and min(map(len, passwords)) >= 24
 
 
-def test_a_second_up_keeps_the_cluster_and_the_secret(tools):
+def test_a_second_up_keeps_the_cluster_and_the_secret(tools, tmp_path):
     runner = FakeDocker(cluster=True, secret=True)
-    results = {r.name: r.detail for r in ks.up(runner, first_train=lambda: "champion exists; skipped")}
+    (tmp_path / ks.LOADED_IMAGE_RECORD).write_text(runner.image_id)  # the same image as last time
+    up = ks.up(runner, first_train=lambda: "champion exists; skipped", state_dir=tmp_path)
+    results = {r.name: r.detail for r in up}
     lines = runner.lines()
     assert not any(line.startswith("kind create cluster") for line in lines)
     assert any("cluster-info" in line for line in lines), "an existing cluster is checked, not trusted"
     assert not any(i and json.loads(i)["kind"] == "Secret" for i in runner.inputs), "the password is kept"
     assert results["create cluster"] == "cluster mlops-sandbox exists; kept"
     assert results["Grafana admin secret"] == "secret mlops/grafana-admin exists; kept"
+    assert results["restart on new image"] == "image unchanged: pods kept"
+    assert not any("rollout restart" in line for line in lines)
 
 
-def test_a_failed_phase_names_the_step_the_command_and_its_stderr_and_stops(tools):
+def test_a_failed_phase_names_the_step_the_command_and_its_stderr_and_stops(tools, tmp_path):
     stderr = "step 3/9 : RUN pip install .\nERROR: failed to solve: network unreachable"
     runner = FakeDocker(fail={"docker build": (1, stderr)})
     trained = []
     with pytest.raises(ks.KindStackError) as info:
-        ks.up(runner, first_train=lambda: trained.append(1) or "")
+        ks.up(runner, first_train=lambda: trained.append(1) or "", state_dir=tmp_path)
     message = str(info.value)
     assert message.startswith("build image failed: `docker build -t mlops-sandbox:0.1.0")
     assert "exited 1" in message and "network unreachable" in message
     assert not any("kind load" in line for line in runner.lines()) and trained == []
 
 
-def test_up_refuses_before_any_phase_when_preflight_fails(monkeypatch):
+def test_up_refuses_before_any_phase_when_preflight_fails(monkeypatch, tmp_path):
     monkeypatch.setattr(ks.shutil, "which", lambda tool: None if tool == "kind" else f"/usr/bin/{tool}")
     runner = FakeDocker()
     with pytest.raises(ks.KindStackError) as info:
-        ks.up(runner, first_train=lambda: "")
+        ks.up(runner, first_train=lambda: "", state_dir=tmp_path)
     assert "kind is not installed" in str(info.value) and "make demo" in str(info.value)
-    assert [c[:2] for c in runner.calls] == [["docker", "info"]]
+    # Only questions were asked: Docker's state and the KFP tag; nothing was created or built.
+    assert [c[:2] for c in runner.calls] == [["docker", "info"], ["git", "ls-remote"]]
 
 
 def test_kfp_cluster_scoped_resources_first_then_their_crd_then_the_rest(tmp_path):
@@ -523,15 +608,16 @@ def test_the_repository_has_what_the_phases_apply_and_maps_the_ports_they_print(
     assert mapped == set(ks.HOST_PORTS)
 
 
-def test_sandbox_up_kind_runs_the_phases_and_prints_times_urls_and_the_grafana_login(monkeypatch):
+def test_sandbox_up_kind_runs_the_phases_and_prints_times_urls_and_the_grafana_login(monkeypatch, tmp_path):
     from typer.testing import CliRunner
 
     from sandbox import cli
 
     runner = FakeDocker()
+    monkeypatch.setenv("SANDBOX_HOME", str(tmp_path))
     monkeypatch.setattr(ks, "run_command", runner)
-    monkeypatch.setattr(ks.shutil, "which", all_present)
-    monkeypatch.setattr(ks, "port_is_free", free)
+    monkeypatch.setattr(ks, "preflight", lambda run, **kw: pf(run))
+    monkeypatch.setattr(ks, "http_get", lambda url, timeout=5: KFP_READY)
     monkeypatch.setattr(cli, "kind_champion_version", lambda settings: "3")  # a champion: training is skipped
     result = CliRunner().invoke(cli.app, ["up", "--kind"], terminal_width=200)
     assert result.exit_code == 0, result.output
@@ -542,6 +628,10 @@ def test_sandbox_up_kind_runs_the_phases_and_prints_times_urls_and_the_grafana_l
         assert url in result.output
     assert "get secret grafana-admin -o jsonpath" in result.output and "make down" in result.output
     assert any(line.startswith("kind create cluster") for line in runner.lines())
+    # Every phase kept its log under $SANDBOX_HOME/logs.
+    logs = sorted(p.name for p in (tmp_path / "logs").glob("kind-*.log"))
+    assert "kind-build-image.log" in logs and "kind-serving-rollout.log" in logs and len(logs) == 11
+    assert "$ docker build -t mlops-sandbox:0.1.0" in (tmp_path / "logs" / "kind-build-image.log").read_text()
 
 
 def test_sandbox_status_kind_shows_the_cluster_and_fails_when_something_is_wrong(monkeypatch):
@@ -570,3 +660,280 @@ def test_sandbox_status_kind_shows_the_cluster_and_fails_when_something_is_wrong
     assert as_json.exit_code == 1 and document["cluster"] == broken and document["champion"] is None
     assert document["kfp_runs"] is None and "does not answer" in document["kfp_error"]
     assert document["urls"]["Grafana"] == "http://127.0.0.1:3001"
+
+
+# --- issue 15: what breaks a first `make up` on a real laptop ------------------------------------
+
+
+def test_apple_silicon_is_refused_with_make_demo_as_the_way():
+    for arch in ("aarch64", "arm64"):
+        report = pf(FakeDocker(arch=arch))
+        assert not report.ok and state(report)["architecture"] == ks.FAIL
+        (problem,) = report.problems
+        assert "needs amd64" in problem and "make demo" in problem and "#10308" in problem
+    assert state(pf(FakeDocker(arch="x86_64")))["architecture"] == ks.OK
+
+
+def test_a_kind_older_than_the_node_images_release_is_refused_and_the_upgrade_named():
+    old = pf(FakeDocker(kind="v0.27.0"))
+    assert not old.ok
+    (problem,) = old.problems
+    assert "kind v0.27.0 is older than v0.33.0" in problem and "sigs.k8s.io/kind@v0.33.0" in problem
+    assert pf(FakeDocker(kind="v0.33.0")).ok and pf(FakeDocker(kind="v0.34.1")).ok
+
+
+def test_missing_git_fails_and_the_kfp_tag_is_not_asked_for():
+    runner = FakeDocker()
+    report = pf(runner, which=lambda tool: None if tool == "git" else f"/usr/bin/{tool}")
+    assert report.problems == [f"git is not installed: {ks.INSTALL_HINTS['git']}"]
+    assert not any(c[0] == "git" for c in runner.calls)
+
+
+def test_low_inotify_limits_warn_with_the_sysctl_fix_on_linux_only():
+    def stock_ubuntu(path):
+        return {"max_user_watches": "65536\n", "max_user_instances": "128\n"}.get(path.rsplit("/", 1)[-1])
+
+    low = pf(FakeDocker(), read=stock_ubuntu)
+    assert low.ok and state(low)["inotify"] == ks.WARNING
+    (warning,) = low.warnings
+    assert "max_user_watches=65536" in warning and "max_user_instances=128" in warning
+    assert "sudo sysctl fs.inotify.max_user_watches=524288 fs.inotify.max_user_instances=512" in warning
+    # Docker Desktop (and macOS) run kind in a VM: the host's limits do not apply.
+    assert "inotify" not in state(pf(FakeDocker(os_name="Docker Desktop"), read=stock_ubuntu))
+    assert "inotify" not in state(pf(FakeDocker(), read=stock_ubuntu, system="darwin"))
+
+
+def test_port_5000_taken_on_macos_names_airplay_receiver_and_how_to_move_the_port():
+    report = pf(FakeDocker(), port_free=lambda port: port != 5000, system="darwin")
+    (problem,) = report.problems
+    assert "5000" in problem and "AirPlay Receiver" in problem
+    assert "hostPort: 5000" in problem and "SANDBOX_MLFLOW_PORT" in problem
+
+
+def test_preflight_checks_the_ports_kind_config_maps(tmp_path):
+    (tmp_path / "manifests/kfp").mkdir(parents=True)
+    (tmp_path / "manifests/kfp/kustomization.yaml").write_text("resources: [x?ref=2.17.0]\n")
+    (tmp_path / "kind-config.yaml").write_text("nodes:\n  - extraPortMappings:\n      - {hostPort: 5001}\n")
+    asked = []
+    pf(FakeDocker(), port_free=lambda port: asked.append(port) or True, root=tmp_path)
+    assert asked == [5001]
+
+
+def test_low_docker_cpus_and_disk_warn():
+    report = pf(FakeDocker(cpus=2), free=lambda path: 5 * GiB)
+    assert state(report)["docker CPUs"] == ks.WARNING and state(report)["disk"] == ks.WARNING
+    assert report.ok, "slow, not broken"
+    assert any("5.0 GiB free under /var/lib/docker" in w for w in report.warnings)
+    assert state(pf(FakeDocker(), free=lambda path: None))["disk"] == ks.SKIP  # Docker Desktop's VM
+
+
+def test_a_kfp_ref_that_does_not_exist_fails_in_seconds_naming_the_newest_tags():
+    report = pf(FakeDocker(tags=KFP_TAGS.replace("refs/tags/2.17.0", "refs/tags/2.15.0")))
+    assert not report.ok
+    (problem,) = report.problems
+    assert "no release tag 2.17.0" in problem and "newest: 2.5.0, 2.15.0, 2.16.0, 2.16.1" in problem
+    assert "cluster-scoped/kustomization.yaml" in problem
+    unreachable = pf(
+        FakeDocker(fail={"git ls-remote": (128, "fatal: unable to access: Could not resolve host")})
+    )
+    (problem,) = unreachable.problems
+    assert "Could not resolve host" in problem and "network or proxy" in problem
+
+
+def test_release_tags_keep_backend_tags_only_in_version_order():
+    listing = KFP_TAGS + "\nabc\trefs/tags/2.10.0\ndef\trefs/tags/2.0.0-rc.1\n"
+    assert ks.release_tags(listing) == ["2.5.0", "2.10.0", "2.16.0", "2.16.1", "2.17.0"]
+    assert ks.kfp_ref() == "2.17.0"
+
+
+def test_the_build_leaves_out_attestations_only_when_buildkit_builds(monkeypatch, tmp_path):
+    monkeypatch.delenv("DOCKER_BUILDKIT", raising=False)
+    monkeypatch.delenv("SANDBOX_BASE_IMAGE", raising=False)
+    buildkit = FakeDocker()
+    ks.build_image(buildkit, tmp_path)
+    assert (
+        buildkit.lines()[-1]
+        == f"docker build -t mlops-sandbox:0.1.0 --provenance=false --sbom=false {tmp_path}"
+    )
+    legacy = FakeDocker(fail={"docker buildx version": (1, "docker: 'buildx' is not a docker command")})
+    ks.build_image(legacy, tmp_path)
+    assert legacy.lines()[-1] == f"docker build -t mlops-sandbox:0.1.0 {tmp_path}"
+    monkeypatch.setenv("DOCKER_BUILDKIT", "0")
+    forced = FakeDocker()
+    ks.build_image(forced, tmp_path)
+    assert "--provenance=false" not in forced.lines()[-1]
+
+
+def test_the_image_is_saved_for_one_platform_only_where_docker_can(tmp_path):
+    new, old = FakeDocker(api="1.51"), FakeDocker(api="1.47")
+    ks.load_image(new, tmp_path, arch="amd64")
+    ks.load_image(old, tmp_path, arch="amd64")
+    archive = tmp_path / "image.tar"
+    assert f"docker save -o {archive} --platform linux/amd64 mlops-sandbox:0.1.0" in new.lines()
+    assert f"docker save -o {archive} mlops-sandbox:0.1.0" in old.lines()
+    assert new.lines()[-1] == old.lines()[-1] == f"kind load image-archive {archive} --name mlops-sandbox"
+
+
+def test_image_changed_only_in_a_kept_cluster_with_another_or_no_record():
+    assert ks.image_changed(True, "sha256:old", "sha256:new")
+    assert ks.image_changed(True, None, "sha256:new"), "state removed (`make clean`): restart to be sure"
+    assert not ks.image_changed(True, "sha256:same", "sha256:same")
+    assert not ks.image_changed(False, "sha256:old", "sha256:new"), "a new cluster has no old pods"
+
+
+def test_a_second_up_after_a_code_change_restarts_the_project_pods(tools, tmp_path):
+    (tmp_path / ks.LOADED_IMAGE_RECORD).write_text("sha256:" + "0" * 64)
+    runner = FakeDocker(cluster=True, secret=True, image_id="sha256:" + "b" * 64)
+    results = {r.name: r.detail for r in ks.up(runner, lambda: "skipped", tmp_path)}
+    lines = runner.lines()
+    restart = next(i for i, line in enumerate(lines) if "rollout restart" in line)
+    assert lines[restart].endswith(
+        "rollout restart deployment/mlflow deployment/serving deployment/monitor deployment/retrainer -n mlops"
+    )
+    applied = next(i for i, line in enumerate(lines) if f"apply -k {REPO_ROOT / ks.OVERLAY}" in line)
+    first_rollout = next(i for i, line in enumerate(lines) if "rollout status" in line)
+    assert applied < restart < first_rollout
+    assert results["restart on new image"] == "new image: restarted mlflow, serving, monitor, retrainer"
+    assert (tmp_path / ks.LOADED_IMAGE_RECORD).read_text() == "sha256:" + "b" * 64
+
+
+def test_kfp_health_through_the_ui_needs_api_server_ready():
+    def ui(ready):
+        return lambda url: (200, json.dumps({"apiServerReady": ready, "apiServerTagName": "2.17.0"}))
+
+    ready, detail = ks.kfp_api_health("http://127.0.0.1:8080", ui(False))
+    assert not ready and "apiServerReady: false" in detail and "app=ml-pipeline" in detail
+    assert ks.kfp_api_health("http://127.0.0.1:8080/", ui(True)) == (
+        True,
+        "Kubeflow Pipelines API ready (backend 2.17.0)",
+    )
+    # The API server itself (SANDBOX_KFP_HOST pointing past the UI) has no such field: its 200 counts.
+    api = ks.kfp_api_health(
+        "http://ml-pipeline:8888", lambda url: (200, '{"commit_sha": "x", "tag_name": "2.17.0"}')
+    )
+    assert api == (True, "Kubeflow Pipelines API ready (backend 2.17.0)")
+    assert not ks.kfp_api_health("http://h", lambda url: (503, ""))[0]
+    assert ks.kfp_api_health("http://h", lambda url: (0, "Connection refused")) == (
+        False,
+        "the Kubeflow Pipelines API does not answer at http://h (Connection refused)",
+    )
+
+
+def test_waiting_for_the_kfp_api_polls_until_ready_and_says_why_it_gave_up():
+    answers = iter([(0, "refused"), (200, '{"apiServerReady": false}'), (200, '{"apiServerReady": true}')])
+    now = [0.0]
+    detail = ks.wait_kfp_api(
+        "http://h",
+        60,
+        lambda url: next(answers),
+        clock=lambda: now[0],
+        sleep=lambda s: now.__setitem__(0, now[0] + s),
+    )
+    assert detail.startswith("Kubeflow Pipelines API ready") and now[0] == 6
+    with pytest.raises(ks.KindStackError) as info:
+        ks.wait_kfp_api("http://h", 10, lambda url: (200, '{"apiServerReady": false}'), clock=lambda: now[0],
+                        sleep=lambda s: now.__setitem__(0, now[0] + s))  # fmt: skip
+    assert "not ready after 10s" in str(info.value) and "apiServerReady: false" in str(info.value)
+
+
+def test_a_rollout_timeout_shows_the_namespaces_latest_events():
+    class Events(FakeDocker):
+        def __call__(self, args, **kwargs):
+            if "events" in args:
+                self.calls.append(list(args))
+                return ks.CommandResult(
+                    0, "LAST SEEN  TYPE  REASON\n2m  Warning  FailedScheduling  Insufficient memory\n"
+                )
+            return super().__call__(args, **kwargs)
+
+    runner = Events(
+        fail={"rollout status deployment/mlflow": (1, "error: timed out waiting for the condition")}
+    )
+    with pytest.raises(ks.KindStackError) as info:
+        ks.wait_rollouts(runner, ["mlflow"], timeout=5)
+    message = str(info.value)
+    assert "rollout of mlflow failed" in message and "timed out waiting" in message
+    assert "latest events in mlops:" in message and "Insufficient memory" in message
+    assert runner.lines()[-1].endswith("get events -n mlops --sort-by=.lastTimestamp")
+
+
+def test_a_failed_phase_names_its_log_which_holds_the_command_and_output(tools, tmp_path):
+    runner = FakeDocker(fail={"docker build": (1, "ERROR: failed to solve: network unreachable")})
+    with pytest.raises(ks.KindStackError) as info:
+        ks.up(runner, lambda: "", tmp_path / "kind", logs_dir=tmp_path / "logs")
+    log = tmp_path / "logs" / "kind-build-image.log"
+    assert f"full log: {log}" in str(info.value)
+    text = log.read_text()
+    assert (
+        "$ docker build -t mlops-sandbox:0.1.0" in text
+        and "[exit 1]" in text
+        and "network unreachable" in text
+    )
+
+
+def test_the_grafana_password_is_never_written_to_a_log(tools, tmp_path):
+    runner = FakeDocker()
+    logged = ks.PhaseLog(runner, tmp_path)
+    logged.start("Grafana admin secret")
+    ks.ensure_grafana_secret(logged, make_password=lambda: "s3cret-pw")
+    assert "s3cret-pw" not in (tmp_path / "kind-grafana-admin-secret.log").read_text()
+
+
+def test_sandbox_doctor_prints_every_check_and_its_fix_and_json(monkeypatch):
+    from typer.testing import CliRunner
+
+    from sandbox import cli
+
+    monkeypatch.setattr(ks, "run_command", FakeDocker(kind="v0.29.0"))
+    monkeypatch.setattr(ks, "preflight", lambda run, **kw: pf(run))
+    table = CliRunner().invoke(cli.app, ["doctor"], terminal_width=250)
+    assert table.exit_code == 1
+    for needle in ("kind version", "fail", "KFP manifests", "architecture", "make demo"):
+        assert needle in " ".join(table.output.split())
+    as_json = CliRunner().invoke(cli.app, ["doctor", "--json"])
+    document = json.loads(as_json.output)
+    assert as_json.exit_code == 1 and document["ok"] is False
+    kind = next(c for c in document["checks"] if c["name"] == "kind version")
+    assert (
+        kind["state"] == "fail" and "older than v0.33.0" in kind["detail"] and "upgrade kind" in kind["fix"]
+    )
+    assert CliRunner().invoke(cli.app, ["doctor", "--help"]).exit_code == 0
+
+
+def test_the_stdlib_doctor_answers_json_and_explains_its_usage():
+    code = subprocess.run(
+        [sys.executable, "-m", "sandbox.kind_stack", "doctor", "--json"],
+        cwd=REPO_ROOT, env={"PATH": "/nonexistent", "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    document = json.loads(code.stdout)
+    assert code.returncode == 1 and document["ok"] is False
+    assert {c["name"] for c in document["checks"]} >= {"docker", "kind", "kubectl", "git"}
+    assert ks.main(["nonsense"]) == 2
+
+
+def test_make_train_submits_to_kfp_when_the_cluster_exists(tmp_path):
+    """The Makefile's recipe with a fake `kind` and a fake `sandbox` that prints its arguments."""
+    import os
+    import shutil as sh
+
+    if sh.which("make") is None:
+        pytest.skip("make is not installed")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    sandbox = bin_dir / "sandbox"
+    sandbox.write_text('#!/bin/sh\necho "sandbox $*"\n')
+    sandbox.chmod(0o755)
+    results = {}
+    for clusters in ("mlops-sandbox", "other"):
+        kind = bin_dir / "kind"
+        kind.write_text(f'#!/bin/sh\n[ "$1 $2" = "get clusters" ] && echo {clusters}\n')
+        kind.chmod(0o755)
+        done = subprocess.run(
+            ["make", "--no-print-directory", "-o", "setup", "train", f"SANDBOX={sandbox}"],
+            cwd=REPO_ROOT, env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        results[clusters] = done.stdout.strip().splitlines()[-1]
+    assert results == {"mlops-sandbox": "sandbox train --kind", "other": "sandbox train"}
