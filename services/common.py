@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import TYPE_CHECKING
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+if (
+    TYPE_CHECKING
+):  # FastAPI only where its wiring runs: serving (BentoML) would pay 0.4 s a worker to import it
+    from fastapi import FastAPI
 
 log = logging.getLogger("sandbox.http")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -186,6 +191,7 @@ def guard(app: FastAPI, *, max_body_bytes: int, too_large_hint: str, invalid: st
 
     ``invalid`` opens every 422's ``error`` (e.g. "invalid request, nothing stored").
     """
+    from fastapi.exceptions import RequestValidationError
 
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = describe_errors(exc.errors())
@@ -193,12 +199,12 @@ def guard(app: FastAPI, *, max_body_bytes: int, too_large_hint: str, invalid: st
         log.warning("refused %s %s (422): %s", request.method, request.url.path, reasons)
         return error_response(422, f"{invalid}: {reasons}", errors=errors[:20], error_count=len(errors))
 
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         # FastAPI's own refusals (404, 405, a body that is not UTF-8) in the same shape as ours.
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
     app.add_exception_handler(RequestValidationError, invalid_request)
-    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(HTTPException, http_error)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes, hint=too_large_hint)
     app.add_middleware(JsonOnly)  # added last, so outermost: a wrong type is refused before the size is read
 
