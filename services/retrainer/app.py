@@ -11,9 +11,10 @@ Embedded, the pipeline runs through kfp.local in a child process; with ``SANDBOX
 set (the cluster), it is submitted to the Kubeflow Pipelines API.
 
 - ``POST /alerts`` -> 202 ``{"action": "trigger"|"skip", "reason", ...}``; a payload that is not
-  Alertmanager's is 422 with the reason. A skip is still 2xx: Alertmanager must not retry it.
+  Alertmanager's (unparseable JSON included) is 422 with the reason, a body over 4 MiB 413, one
+  that is not JSON 415 (services/common.py). A skip is still 2xx: Alertmanager must not retry it.
 - ``GET /api/status``: running or idle, the last retrainings and their gate decisions.
-- ``GET /metrics``, ``GET /healthz``.
+- ``GET /metrics`` (text/plain), ``GET /healthz``.
 """
 
 from __future__ import annotations
@@ -27,18 +28,19 @@ from collections import deque
 from typing import Literal
 
 from fastapi import FastAPI
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import BaseModel, Field
 
 from pipelines.params import TrainParams
 from pipelines.runners import Runner, runner_for
 from sandbox.settings import Settings
+from services.common import add_metrics_route, error_responses, guard, setup_logging
 from services.retrainer.policy import TRIGGER, alert_key, decide
 
 log = logging.getLogger("sandbox.retrainer")
 
+# Alertmanager sends at most a group's alerts (<= 1,000 here, ~1 KiB each) in one notification.
+MAX_BODY_BYTES = 4 * 1024 * 1024
 
 # --- Alertmanager's webhook payload (version 4) ----------------------------------------------------
 
@@ -61,6 +63,20 @@ class Notification(BaseModel):
     groupLabels: dict[str, str] = {}  # noqa: N815
     commonLabels: dict[str, str] = {}  # noqa: N815
     alerts: list[Alert] = Field(min_length=1, max_length=1000)
+
+
+class Answer(BaseModel):
+    """What ``POST /alerts`` did: ``action`` trigger (then ``run``) or skip, and why."""
+
+    action: Literal["trigger", "skip"]
+    reason: str
+    alertname: str | None
+    run: str | None = None
+
+
+class Health(BaseModel):
+    status: str
+    running: bool
 
 
 # --- metrics ---------------------------------------------------------------------------------------
@@ -258,8 +274,7 @@ class Retrainer:
 
 def create_app(settings: Settings | None = None, runner: Runner | None = None) -> FastAPI:
     settings = settings or Settings()
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     if runner is None:
         runner = runner_for(settings, settings.retrain_timeout_seconds)
     metrics = RetrainerMetrics()
@@ -275,32 +290,31 @@ def create_app(settings: Settings | None = None, runner: Runner | None = None) -
         description="Alertmanager webhook in, train-and-register on production data out.",
     )
     app.state.retrainer = retrainer
+    guard(
+        app,
+        max_body_bytes=MAX_BODY_BYTES,
+        too_large_hint="is this an Alertmanager notification?",
+        invalid="not an Alertmanager webhook payload (version 4)",
+    )
+    add_metrics_route(app, metrics.registry)
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid_body(request, exc: RequestValidationError):
-        reasons = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors()[:3]
-        )
-        log.warning("refused %s %s (422): %s", request.method, request.url.path, reasons)
-        return JSONResponse(
-            {"error": f"not an Alertmanager webhook payload (version 4): {reasons}"}, status_code=422
-        )
-
-    @app.post("/alerts", status_code=202)
-    def alerts(notification: Notification) -> dict:
+    @app.post(
+        "/alerts",
+        status_code=202,
+        responses=error_responses(400, 413, 415, 422),
+        response_model_exclude_unset=True,  # a skip has no run id: leave the key out, as before
+    )
+    def alerts(notification: Notification) -> Answer:
         """Alertmanager's webhook: a firing ``action=retrain`` alert starts a retraining (policy.py)."""
-        return retrainer.handle(notification.model_dump())
+        return Answer(**retrainer.handle(notification.model_dump()))
 
     @app.get("/api/status")
     def status() -> dict:
+        """Running or idle, the last retrainings and their gate decisions."""
         return retrainer.status()
 
-    @app.get("/metrics")
-    def prometheus_metrics() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
     @app.get("/healthz")
-    def healthz() -> dict:
-        return {"status": "ok", "running": retrainer.running is not None}
+    def healthz() -> Health:
+        return Health(status="ok", running=retrainer.running is not None)
 
     return app

@@ -1,81 +1,15 @@
-"""ASGI middleware of the serving app: input guards answered before the body is parsed, honest OpenAPI."""
+"""What only serving needs in front of BentoML: its OpenAPI made honest.
+
+The input guards (body limit, JSON only) are the services' shared ones, in services/common.py.
+"""
 
 from __future__ import annotations
 
 import json
 
+from services.common import send_json
+
 PREDICT_PATHS = ("/predict",)
-
-
-async def send_json(send, status: int, payload: dict) -> None:
-    body = json.dumps(payload).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-class JsonOnly:
-    """415 for a ``/predict`` body that is not JSON (BentoML would try multipart and fail with a 500)."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"] in PREDICT_PATHS and scope["method"] == "POST":
-            content_type = dict(scope.get("headers") or []).get(b"content-type", b"application/json")
-            if content_type.split(b";")[0].strip().lower() != b"application/json":
-                return await send_json(
-                    send,
-                    415,
-                    {
-                        "error": f"send JSON with Content-Type: application/json, not {content_type.decode(errors='replace')!r}"
-                    },
-                )
-        return await self.app(scope, receive, send)
-
-
-class BodySizeLimit:
-    """413 when the declared or the streamed body exceeds ``max_bytes`` (BentoML has no limit of its own)."""
-
-    def __init__(self, app, max_bytes: int = 1_048_576):
-        self.app, self.max_bytes = app, max_bytes
-
-    def too_large(self) -> dict:
-        return {
-            "error": f"request body exceeds {self.max_bytes} bytes; send fewer rows per request "
-            "(or raise SANDBOX_SERVING_MAX_BODY_BYTES)"
-        }
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await send_json(send, 413, self.too_large())
-
-        # No (honest) Content-Length: read the stream up to the limit before the app sees it.
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            size += len(message.get("body", b""))
-            if size > self.max_bytes:
-                return await send_json(send, 413, self.too_large())
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        return await self.app(scope, replay, send)
 
 
 def patch_openapi(spec: dict) -> dict:

@@ -36,8 +36,9 @@ from threadpoolctl import threadpool_limits
 
 from pipelines.features import LOAN_SCHEMA
 from sandbox.settings import Settings
+from services.common import BodySizeLimit, JsonOnly, send_json
 from services.serving.feed import MonitorFeed, ServedBatch
-from services.serving.middleware import PREDICT_PATHS, BodySizeLimit, JsonOnly, OpenAPIFix, send_json
+from services.serving.middleware import PREDICT_PATHS, OpenAPIFix
 from services.serving.model_store import LoadedModel, ModelHolder
 from services.serving.rows import EXAMPLE_ROW, MAX_ROWS, LoanRow, Prediction, columns_of, model_frame
 
@@ -254,5 +255,9 @@ class Serving:
 
 Serving.add_asgi_middleware(ReadinessGate)
 Serving.add_asgi_middleware(OpenAPIFix)
-Serving.add_asgi_middleware(JsonOnly)
-Serving.add_asgi_middleware(BodySizeLimit, max_bytes=SETTINGS.serving_max_body_bytes)
+Serving.add_asgi_middleware(JsonOnly, paths=PREDICT_PATHS)
+Serving.add_asgi_middleware(
+    BodySizeLimit,
+    max_bytes=SETTINGS.serving_max_body_bytes,
+    hint="send fewer rows per request (or raise SANDBOX_SERVING_MAX_BODY_BYTES)",
+)

@@ -1,6 +1,8 @@
 """A real monitor process (uvicorn) against a real MLflow server with a registered model."""
 
+import dataclasses
 import functools
+import json
 import os
 import signal
 import sqlite3
@@ -19,6 +21,9 @@ from pipelines.data import generate_loans
 from pipelines.features import LABEL, LOAN_SCHEMA
 from pipelines.scenarios import apply_scenario
 from pipelines.train import features_only
+from sandbox.settings import Settings
+from services.monitor.app import create_app
+from services.monitor.evaluator import MonitorConfig
 from tests.conftest import free_port
 from tests.integration.serving_helpers import metric_value, register, stop_process_group, wait_until
 
@@ -30,7 +35,8 @@ VENV_BIN = Path(sys.executable).parent
 LAUNCH = (
     "import uvicorn\n"
     "from sandbox.settings import Settings\n"
-    "from services.monitor.app import MonitorConfig, create_app\n"
+    "from services.monitor.app import create_app\n"
+    "from services.monitor.evaluator import MonitorConfig\n"
     "app = create_app(Settings(), MonitorConfig(interval_seconds=1, window_rows=2000, min_rows=1000))\n"
     "uvicorn.run(app, host='127.0.0.1', port={port}, log_level='info')\n"
 )
@@ -148,13 +154,21 @@ def _valid(**changes) -> dict:
     return {**_valid_record(), **changes}
 
 
-def _chunked():
-    yield b'{"records": []}'
+def _json(value) -> bytes:
+    return json.dumps(value).encode()
+
+
+def _chunked(*parts: bytes):
+    """A body without Content-Length (httpx sends a generator chunked)."""
+    yield from parts
+
+
+JSON = {"content-type": "application/json"}
 
 
 BAD_INPUT = [
     # name, path, httpx.post kwargs, status, words the reason must contain
-    ("garbage JSON", "/ingest", {"content": b'{"records": [', "headers": {"content-type": "application/json"}}, 422, "JSON"),
+    ("garbage JSON", "/ingest", {"content": b'{"records": [', "headers": JSON}, 422, "JSON decode error"),
     ("not an object", "/ingest", {"json": [1, 2]}, 422, "valid dictionary"),
     ("no records key", "/ingest", {"json": {"rows": []}}, 422, "records"),
     ("empty batch", "/ingest", {"json": {"records": []}}, 422, "at least 1"),
@@ -167,8 +181,12 @@ BAD_INPUT = [
     ("request_id a number", "/ingest", {"json": {"records": [_valid(request_id=7)]}}, 422, "request_id"),
     ("one bad record spoils the batch", "/ingest", {"json": {"records": [_valid(), _valid(model_version=None)]}}, 422, "records.1.model_version"),
     ("over 5,000 records", "/ingest", {"json": {"records": [_valid(request_id=str(i)) for i in range(5_001)]}}, 422, "at most 5000"),
-    ("body over 5 MiB", "/ingest", {"content": b" " * (5 * 1024 * 1024 + 1), "headers": {"content-type": "application/json"}}, 413, "limit"),
-    ("chunked body, no length", "/ingest", {"content": _chunked(), "headers": {"content-type": "application/json"}}, 411, "Content-Length"),
+    ("feature value NaN", "/ingest", {"content": b'{"records": [' + _json(_valid(features={"age": "NAN_HERE"})).replace(b'"NAN_HERE"', b"NaN") + b"]}", "headers": JSON}, 422, "finite number"),
+    ("body over 5 MiB", "/ingest", {"content": b" " * (5 * 1024 * 1024 + 1), "headers": JSON}, 413, "exceeds 5242880 bytes"),
+    ("chunked body over 5 MiB", "/ingest", {"content": _chunked(*[b" " * 1024 * 1024] * 6), "headers": JSON}, 413, "exceeds 5242880 bytes"),
+    ("chunked body is read, then judged", "/ingest", {"content": _chunked(b'{"records": ', b"[]}"), "headers": JSON}, 422, "at least 1"),
+    ("not JSON", "/ingest", {"content": b"records=1", "headers": {"content-type": "application/x-www-form-urlencoded"}}, 415, "application/json"),
+    ("labels: not JSON", "/labels", {"content": b"x", "headers": {"content-type": "text/plain"}}, 415, "application/json"),
     ("labels: all ids unknown", "/labels", {"json": {"labels": [{"request_id": "nobody", "label": 1}]}}, 422, "none of the 1"),
     ("labels: label 2", "/labels", {"json": {"labels": [{"request_id": "x", "label": 2}]}}, 422, "label"),
     ("labels: label a string", "/labels", {"json": {"labels": [{"request_id": "x", "label": "1"}]}}, 422, "label"),
@@ -228,7 +246,7 @@ def test_drift_gauges_follow_the_traffic(monitor, version, mlflow_server):
     assert "roc_auc" in status["models"]["champion"]["metrics"]
     assert status["history"][0]["verdict"] == "drift"
     assert any(h["verdict"] == "no_drift" for h in status["history"])
-    report = httpx.get(f"{monitor}/reports/latest")
+    report = httpx.get(f"{monitor}/reports/latest", timeout=60)  # rendered now: seconds of plots
     assert report.status_code == 200 and "html" in report.headers["content-type"]
     page = httpx.get(f"{monitor}/")
     assert page.status_code == 200 and "DRIFT" in page.text and "credit_score" in page.text
@@ -299,3 +317,52 @@ def test_every_acknowledged_record_survives_kill_9(mlflow_server, version, tmp_p
         for p in (proc, restarted):
             if p is not None:
                 stop_process_group(p)
+
+
+def test_monitor_config_takes_its_defaults_from_the_settings():
+    """One source of defaults: a MonitorConfig field that is also a setting defaults to the setting."""
+    shared = [f for f in dataclasses.fields(MonitorConfig) if f"monitor_{f.name}" in Settings.model_fields]
+    assert len(shared) == 7
+    for f in shared:
+        assert f.default == Settings.model_fields[f"monitor_{f.name}"].default, f.name
+    overridden = MonitorConfig.from_settings(Settings(monitor_min_rows=123, monitor_interval_seconds=2))
+    assert (overridden.min_rows, overridden.interval_seconds) == (123, 2)
+
+
+def test_the_app_judges_with_the_reference_loader_it_is_given(tmp_path):
+    """In process, no MLflow: the factory's collaborator gives the reference, the loop judges against it."""
+    from fastapi.testclient import TestClient
+
+    asked = []
+
+    def reference_loader(tracking_uri, model_name, version):
+        asked.append(version)
+        return generate_loans(2_000, seed=0)
+
+    settings = Settings(
+        home=tmp_path, mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}", alertmanager_port=free_port()
+    )
+    config = MonitorConfig(interval_seconds=0.2, min_rows=500, window_rows=1_000)
+    app = create_app(settings, config, reference_loader=reference_loader)
+    frame = generate_loans(600, seed=31)
+    for scenario in ("covariate_shift", "new_category"):
+        frame = apply_scenario(frame, scenario, 1.5, seed=31)
+    sent = [{k: v for k, v in r.items() if k != "label"} for r in records_of(frame, "7")]
+    with TestClient(app) as client:
+        assert client.post("/ingest", json={"records": sent}).json() == {"inserted": 600, "duplicates": 0}
+
+        def judged():
+            return (client.get("/api/status").json()["drift"] or {}).get("verdict") == "drift"
+
+        assert wait_until(judged, timeout=60, interval=0.2), client.get("/api/status").json()
+        assert set(asked) == {"7"}
+        metrics = client.get("/metrics")
+        assert metrics.headers["content-type"].startswith("text/plain")
+        assert metric_value(metrics.text, "sandbox_feature_drifted", feature="region") == 1
+        report = client.get("/reports/latest")
+        assert report.status_code == 200 and report.headers["content-type"].startswith("text/html")
+        page = client.get("/")
+        assert (
+            page.headers["content-type"].startswith("text/html")
+            and '<span class="verdict">DRIFT</span>' in page.text
+        )
