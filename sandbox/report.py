@@ -37,9 +37,11 @@ def panels(alert: str) -> dict[str, str]:
         "drift share": "sandbox_drift_share",
         "per-feature drift score": "sandbox_feature_drift_score",
         "requests/s": f"sum(rate({predict}[{RATE_WINDOW}]))",
-        # 0 while serving is scraped and nothing failed (the non-2xx series does not exist then);
-        # a gap while serving is not scraped.
-        "failed requests/s (non-2xx)": f"sum(rate({failed}[{RATE_WINDOW}])) or sum(rate({predict}[{RATE_WINDOW}])) * 0",
+        # A count, not a rate: a burst of failures creates its series with the burst already in it,
+        # and rate() of a series' first sample is nothing (measured: 34 × 503 plotted as 0/s).
+        # 0 while serving is scraped and nothing failed (no non-2xx series exists then); a gap while
+        # serving is not scraped.
+        "failed requests (non-2xx, total)": f"sum({failed}) or sum({predict}) * 0",
         f"{alert} state": (
             f'max(ALERTS{{alertname="{alert}", alertstate="firing"}}) * 2'
             f' or max(ALERTS{{alertname="{alert}", alertstate="pending"}}) or vector(0)'
@@ -155,9 +157,9 @@ def build_figure(events: list[dict], query_range: QueryRange, started: float, en
     figure.add_trace(
         go.Scatter(
             x=times, y=levels, text=names, customdata=[e.get("detail", "") for e in events],
-            mode="markers+text", textposition=[f"middle {side}" for _, side in placement], marker={"symbol": "line-ns-open", "size": 12},
-            name="events", showlegend=False, hovertemplate="%{x:.1f}s %{text}<br>%{customdata}<extra></extra>",
-            cliponaxis=False,
+            mode="markers+text", textposition=[f"middle {side}" for _, side in placement],
+            marker={"symbol": "line-ns-open", "size": 12}, name="events", showlegend=False,
+            hovertemplate="%{x:.1f}s %{text}<br>%{customdata}<extra></extra>", cliponaxis=False,
         ),
         row=1, col=1,
     )  # fmt: skip
@@ -199,7 +201,7 @@ def build_figure(events: list[dict], query_range: QueryRange, started: float, en
             figure.add_trace(
                 go.Scatter(
                     x=[since(t) for t, _ in pts], y=[v for _, v in pts], name=title, mode="lines",
-                    line={"color": colour, "shape": "hv" if title.endswith("state") else "linear"},
+                    line={"color": colour, "shape": "linear" if title.endswith("/s") else "hv"},
                     meta={"panel": title}, showlegend=False,
                 ),
                 row=row, col=1,

@@ -58,7 +58,7 @@ def test_the_report_shows_numbers_timeline_and_labelled_plots_of_the_recovery(tm
     assert "<title>mlops-sandbox demo</title>" in dom and "loop closed" in text
     for label, value in [
         ("time to detect", "22 s"), ("time to retrain", "68 s"), ("time to recover", "136 s"),
-        ("versions", "v1 → v2"), ("requests", "5,612"), ("failed requests", "0"),
+        ("versions", "v1 → v2"), ("requests", "5,612"), ("failed requests", "34"),
     ]:  # fmt: skip
         assert re.search(rf'<div class="label">{label}</div><div class="value">{value}</div>', dom), label
     assert "246.5 s DataDriftDetected resolved" in text

@@ -46,9 +46,12 @@ def value_at(query: str, t: float) -> float | None:
         if t < 80 or 205 <= t < 245:
             return math.nan
         return 0.0 if t < 115 or v2_judged else 0.18 if t >= 125 else 0.09
-    if query.startswith("bentoml") or "rate(" in query:
-        failed = "!~" in query
-        return None if t < 20 else 0.0 if failed or t < 65 else 30.0
+    if "bentoml_service_request_total" in query:
+        if t < 20:  # serving is not up yet
+            return None
+        if "!~" in query:  # the total of non-2xx: a burst as traffic starts
+            return 34.0 if t >= 70 else 0.0
+        return 0.0 if t < 65 else 30.0
     if "ALERTS" in query:
         return 2.0 if 132.5 <= t < 246.5 else 1.0 if 122 <= t < 132.5 else 0.0
     raise AssertionError(f"unexpected query {query}")
@@ -102,9 +105,9 @@ def run(started: float) -> tuple[list[dict], dict]:
         "failed_step": None,
         "error": None,
         "events": events,
-        "traffic": {"requests": 5_612, "failed": {}, "rows": 11_224},
+        "traffic": {"requests": 5_612, "failed": {"503": 34}, "rows": 11_224},
         "requests": 5_612,
-        "failed_requests": 0,
+        "failed_requests": 34,
     }
     return events, result
 
@@ -129,7 +132,7 @@ def test_headline_numbers_open_the_page():
         "time to recover": "136 s",
         "versions": "v1 → v2",
         "requests": "5,612",
-        "failed requests": "0",
+        "failed requests": "34",
     }
     # The story reads top to bottom: numbers, timeline, plots, and the JSON last and folded.
     order = [
@@ -182,7 +185,7 @@ def test_the_plots_end_with_drift_share_0_on_the_new_version():
     assert final_drift(figure) == ("2", 0.0)
     panels = {(t.get("meta") or {}).get("panel") for t in figure["data"]} - {None}
     assert panels == {
-        "drift share", "per-feature drift score", "requests/s", "failed requests/s (non-2xx)",
+        "drift share", "per-feature drift score", "requests/s", "failed requests (non-2xx, total)",
         f"{ALERT} state",
     }  # fmt: skip
     drift = {
@@ -193,6 +196,8 @@ def test_the_plots_end_with_drift_share_0_on_the_new_version():
     assert {
         t["name"] for t in figure["data"] if t.get("meta", {}).get("panel") == "per-feature drift score"
     } == set(FEATURES)
+    failed = next(t for t in figure["data"] if t.get("meta", {}).get("panel", "").startswith("failed"))
+    assert failed["y"][-1] == 34.0 and failed["y"][0] == 0.0  # the burst as traffic started, plotted
     alert = next(t for t in figure["data"] if t.get("meta", {}).get("panel") == f"{ALERT} state")
     assert alert["y"][-1] == 0.0 and max(alert["y"]) == 2.0 and 1.0 in alert["y"]  # pending, firing, resolved
 
