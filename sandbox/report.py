@@ -23,7 +23,9 @@ QueryRange = Callable[[str, float, float, float], list[dict]]
 STEP_SECONDS = 5.0  # Prometheus' scrape interval (monitoring/prometheus/prometheus.yml): finer only repeats
 RATE_WINDOW = "30s"  # six scrapes: a rate that a single late scrape does not break
 LAST_EVALUATION = "sandbox_monitor_last_evaluation_timestamp_seconds"
-SERVED_VERSION = "max by (version) (sandbox_model_info)"  # 1 for the version(s) a worker serves
+# The versions whose predictions reached the monitor lately: the monitor judges the newest one's rows.
+# (Not sandbox_model_info: in a loaded demo run its v2 series never reached Prometheus after the swap.)
+SERVED_VERSION = f"max by (version) (rate(sandbox_predictions_total[{RATE_WINDOW}]))"
 ALERT_STATES = ["inactive", "pending", "firing"]
 # One colour per served version, in order of appearance (the browser test finds the second one).
 VERSION_COLOURS = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b"]
@@ -91,7 +93,7 @@ def wait_for_final_scrape(query_range: QueryRange, after: float, timeout: float,
 
 
 def served_versions(query_range: QueryRange, start: float, end: float, step: float) -> dict[float, str]:
-    """Prometheus time -> the newest version a worker served then (during a swap both are served)."""
+    """Prometheus time -> the newest version serving then (during a swap both are)."""
     newest: dict[float, str] = {}
     for series in query_range(SERVED_VERSION, start, end, step):
         version = series["metric"].get("version", "?")
@@ -169,8 +171,10 @@ def build_figure(events: list[dict], query_range: QueryRange, started: float, en
     colours: dict[str, str] = {}
     for series in query_range(queries["drift share"], start, end, STEP_SECONDS):
         by_version: dict[str, list[tuple[float, float | None]]] = {}
+        version = "?"
         for t, v in points(series):
-            by_version.setdefault(versions.get(t, "?"), []).append((t, v))
+            version = versions.get(t, version)  # over a gap in serving's scrapes: the last known
+            by_version.setdefault(version, []).append((t, v))
         for version, pts in by_version.items():
             if all(v is None for _, v in pts):  # no verdict while this version served: nothing to draw
                 continue

@@ -9,6 +9,7 @@ import time
 
 from sandbox.report import (
     LAST_EVALUATION,
+    SERVED_VERSION,
     figure_of,
     final_drift,
     headline,
@@ -67,9 +68,10 @@ def recorded(started: float, calls: list[str] | None = None):
     def query_range(query: str, start: float, end: float, step: float) -> list[dict]:
         if calls is not None:
             calls.append(query)
-        if query == "max by (version) (sandbox_model_info)":
-            v1 = [[t, "1" if t - started < 205 else "0"] for t in grid(start, end, step) if t - started >= 64]
-            v2 = [[t, "1"] for t in grid(start, end, step) if t - started >= 204]
+        if query == SERVED_VERSION:  # rows/s predicted by each version; serving not scraped 150-170 s
+            ts = [t for t in grid(start, end, step) if not 150 <= t - started < 170]
+            v1 = [[t, "60" if t - started < 230 else "0"] for t in ts if t - started >= 70]
+            v2 = [[t, "60"] for t in ts if t - started >= 209]
             return [{"metric": {"version": "1"}, "values": v1}, {"metric": {"version": "2"}, "values": v2}]
         if query == "sandbox_feature_drift_score":
             out = []
