@@ -12,7 +12,6 @@ into the services' supervisord environment, so a later ``sandbox up`` goes back 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -383,66 +382,21 @@ def train_v1(settings: Settings) -> TrainResult:
 
 # --- the report -----------------------------------------------------------------------------------
 
-REPORT_SERIES = {
-    "drift share": "sandbox_drift_share",
-    "requests/s": "sum(rate(sandbox_predictions_total[30s]))",
-    f"{ALERT} firing": f'max(ALERTS{{alertname="{ALERT}", alertstate="firing"}}) or vector(0)',
-}
-
-
-def query_range(settings: Settings, query: str, start: float, end: float, step: float = 5.0) -> list[tuple]:
-    response = httpx.get(
-        f"{prometheus_url(settings)}/api/v1/query_range",
-        params={"query": query, "start": start, "end": end, "step": step},
-        timeout=10,
-    )
-    response.raise_for_status()
-    series = response.json()["data"]["result"]
-    return [(float(t), float(v)) for t, v in series[0]["values"]] if series else []
-
 
 def write_report(settings: Settings, timeline: Timeline, result: DemoResult) -> Path:
-    """An HTML page: drift share, request rate and alert state from Prometheus, the events as lines."""
-    import datetime as dt
+    """The story as an HTML page (sandbox/report.py), once Prometheus holds the last evaluation."""
+    from dataclasses import asdict
 
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
+    from sandbox.report import prometheus_query_range
+    from sandbox.report import write_report as write
 
-    start, end = timeline.started, time.time()
-    figure = make_subplots(
-        rows=len(REPORT_SERIES), cols=1, shared_xaxes=True, subplot_titles=list(REPORT_SERIES)
+    return write(
+        settings.home / "reports",
+        timeline.events,
+        asdict(result),
+        prometheus_query_range(prometheus_url(settings)),
+        started=timeline.started,
+        alert=ALERT,
+        # One more evaluation and its scrape (5 s), with slack for a busy machine.
+        final_scrape_timeout=settings.monitor_interval_seconds + 20,
     )
-    for row, (title, query) in enumerate(REPORT_SERIES.items(), start=1):
-        points = query_range(settings, query, start, end)
-        figure.add_trace(
-            go.Scatter(
-                x=[dt.datetime.fromtimestamp(t) for t, _ in points],
-                y=[v for _, v in points],
-                name=title,
-                line_shape="hv" if "firing" in title else "linear",
-            ),
-            row=row,
-            col=1,
-        )
-    for event in timeline.events:
-        figure.add_vline(
-            x=dt.datetime.fromtimestamp(event["at"]).timestamp() * 1000, line_dash="dot", line_color="grey"
-        )
-    figure.update_layout(
-        height=800, showlegend=False, title="mlops-sandbox demo: the loop, as Prometheus saw it"
-    )
-    rows = "".join(
-        f"<tr><td>{e['t']:.1f}s</td><td>{e['event']}</td><td>{e['detail']}</td></tr>" for e in timeline.events
-    )
-    summary = {k: v for k, v in result.__dict__.items() if k not in ("events", "report")}
-    page = (
-        "<html><head><meta charset='utf-8'><title>mlops-sandbox demo</title></head><body style='font-family:sans-serif'>"
-        f"<h1>mlops-sandbox demo</h1><pre>{json.dumps(summary, indent=2)}</pre>"
-        f"<table border=1 cellpadding=4><tr><th>t</th><th>event</th><th>detail</th></tr>{rows}</table>"
-        + figure.to_html(full_html=False, include_plotlyjs=True)  # inline: the page works offline
-        + "</body></html>"
-    )
-    path = settings.home / "reports" / f"demo-{time.strftime('%Y%m%d-%H%M%S')}.html"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
-    return path

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from sandbox.local_stack import alertmanager_binary
+from sandbox.report import figure_of, final_drift
 from tests.integration.test_local_stack import SANDBOX, stack_env
 
 pytestmark = pytest.mark.integration
@@ -40,6 +41,21 @@ def test_drift_alert_retrains_promotes_swaps_and_resolves(tmp_path):
         assert summary["time_to_retrain_s"] > 0
         report = Path(summary["report"])
         assert report.is_file() and "DataDriftDetected" in report.read_text()
+        # The report plots the recovery: its last drift share is 0 (the report waited for Prometheus
+        # to scrape v2's verdict), and every panel's query found real series.
+        figure = figure_of(report.read_text())
+        assert final_drift(figure)[1] == 0.0, final_drift(figure)
+        plotted: dict[str, list[float]] = {}
+        for trace in figure["data"]:
+            panel = (trace.get("meta") or {}).get("panel") or trace["name"]
+            plotted.setdefault(panel, []).extend(y for y in trace["y"] if y is not None)
+        assert all(plotted.values()) and len(plotted) == 6, {k: len(v) for k, v in plotted.items()}
+        assert max(plotted["requests/s"]) > 10
+        alert_state = next(t["y"] for t in figure["data"] if t["name"] == "DataDriftDetected state")
+        assert max(alert_state) == 2 and alert_state[-1] == 0  # fired, then resolved
+        assert "DataDriftDetected resolved" in next(
+            t["text"] for t in figure["data"] if t["name"] == "events"
+        )
         # The alert went to the retrainer and the run is tagged with it.
         ports = {k: v for k, v in env.items() if k.endswith("_PORT")}
         status = httpx.get(
