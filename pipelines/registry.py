@@ -139,14 +139,25 @@ def log_and_register(
     return run.info.run_id, version
 
 
-def current_champion(client, model_name: str):
-    """The champion ModelVersion, or None when there is none yet."""
+def alias_version(client, model_name: str, alias: str):
+    """The ModelVersion ``alias`` points at; None when the model or the alias does not exist yet.
+
+    Any other failure (MLflow down, a bad answer) raises: "no champion" must never be a guess, or a
+    gate would promote past a champion it could not read.
+    """
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.get_model_version_by_alias(model_name, CHAMPION)
-    except MlflowException:
-        return None
+        return client.get_model_version_by_alias(model_name, alias)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+
+
+def current_champion(client, model_name: str):
+    """The champion ModelVersion, or None when there is none yet."""
+    return alias_version(client, model_name, CHAMPION)
 
 
 def promote(

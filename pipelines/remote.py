@@ -225,6 +225,8 @@ def connect(host: str, timeout: float = 5.0):
 
 def find_result(mlflow_client, experiment: str, submission_id: str) -> dict:
     """Read the outcome of the run tagged ``submission_id`` from MLflow: version, metrics, gate decision."""
+    from pipelines.registry import current_champion
+
     exp = mlflow_client.get_experiment_by_name(experiment)
     runs = (
         mlflow_client.search_runs(
@@ -244,10 +246,8 @@ def find_result(mlflow_client, experiment: str, submission_id: str) -> dict:
         raise RemoteError(f"MLflow run {run.info.run_id} registered no model version")
     version = versions[0]
     tags = version.tags or {}
-    try:
-        champion = mlflow_client.get_model_version_by_alias(version.name, "champion").version
-    except Exception:  # no champion yet: MlflowException (not imported here, keeps MLflow optional)
-        champion = None
+    champion_version = current_champion(mlflow_client, version.name)
+    champion = champion_version.version if champion_version else None
     return {
         "run_id": run.info.run_id,
         "model_name": version.name,

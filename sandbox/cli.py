@@ -13,6 +13,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from pipelines.params import TrainParams
+from sandbox import status as status_of
 from sandbox.settings import Settings
 
 app = typer.Typer(
@@ -31,30 +32,6 @@ def fail(message: str, code: int = 1) -> None:
 
 
 # --- the kind cluster (`--kind`): sandbox/kind_stack.py does the work, pipelines/remote.py runs KFP ---
-
-
-def mlflow_answers(settings: Settings) -> bool:
-    import httpx
-
-    try:
-        return httpx.get(f"{settings.mlflow_uri.rstrip('/')}/health", timeout=3).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def kind_champion_version(settings: Settings) -> str | None:
-    """The champion's version via MLflow's REST API (no MLflow import), None when there is none."""
-    import httpx
-
-    try:
-        response = httpx.get(
-            f"{settings.mlflow_uri.rstrip('/')}/api/2.0/mlflow/registered-models/alias",
-            params={"name": settings.model_name, "alias": "champion"},
-            timeout=5,
-        )
-    except httpx.HTTPError:
-        return None
-    return response.json()["model_version"]["version"] if response.status_code == 200 else None
 
 
 def kind_up(timeout: float) -> None:
@@ -86,7 +63,7 @@ def kind_up(timeout: float) -> None:
             )
 
     def first_train() -> str:
-        champion = kind_champion_version(settings)
+        champion = (status_of.champion(settings) or {}).get("version")
         if champion is not None:
             return f"champion v{champion} already registered; skipped (`sandbox train --kind` trains again)"
         steps: dict[str, int] = {}
@@ -156,7 +133,7 @@ def kind_status(as_json: bool) -> None:
         runs_error = str(exc)
     except Exception as exc:  # the API answered health but not the listing
         runs_error = f"{type(exc).__name__}: {exc}"[:300]
-    champion = champion_summary(settings) if mlflow_answers(settings) else None
+    champion = status_of.champion(settings) if status_of.mlflow_answers(settings) else None
     if as_json:
         print(
             json.dumps(
@@ -277,9 +254,9 @@ def status(
     settings = Settings()
     rows = local_stack.status(settings)
     healthy = {r["name"] for r in rows if r["healthy"]}
-    champion = champion_summary(settings) if "mlflow" in healthy else None
-    served = served_model(settings) if "serving" in healthy else None
-    alerts = firing_alerts(settings) if "alertmanager" in healthy else None
+    champion = status_of.champion(settings) if "mlflow" in healthy else None
+    served = status_of.served_model(settings) if "serving" in healthy else None
+    alerts = status_of.firing_alerts(settings) if "alertmanager" in healthy else None
     if as_json:
         print(
             json.dumps(
@@ -334,55 +311,6 @@ def doctor(
         console.print("ready for [bold]make up[/]" if report.ok else f"not ready. {ks.NO_DOCKER}")
     if not report.ok:
         raise typer.Exit(1)
-
-
-def champion_summary(settings: Settings) -> dict | None:
-    from mlflow.tracking import MlflowClient
-
-    from pipelines.registry import current_champion
-
-    client = MlflowClient(settings.mlflow_uri)
-    version = current_champion(client, settings.model_name)
-    if version is None:
-        return None
-    metrics = client.get_run(version.run_id).data.metrics
-    return {
-        "name": settings.model_name,
-        "version": version.version,
-        "run_id": version.run_id,
-        "metrics": {k: v for k, v in metrics.items() if not k.startswith("slice_")},
-    }
-
-
-def served_model(settings: Settings) -> dict | None:
-    import httpx
-
-    try:
-        response = httpx.get(f"{settings.serving_url}/model", timeout=3)
-    except httpx.HTTPError:
-        return None
-    if response.status_code != 200:
-        return None
-    return {k: v for k, v in response.json().items() if k != "input_example"}
-
-
-def firing_alerts(settings: Settings) -> list[dict] | None:
-    import httpx
-
-    url = f"{settings.alertmanager_url}/api/v2/alerts"
-    try:
-        response = httpx.get(url, params={"active": "true", "silenced": "false"}, timeout=3)
-        response.raise_for_status()
-    except httpx.HTTPError:
-        return None
-    return [
-        {
-            "name": a["labels"].get("alertname"),
-            "summary": a["annotations"].get("summary", ""),
-            "since": a.get("startsAt"),
-        }
-        for a in response.json()
-    ]
 
 
 @app.command()

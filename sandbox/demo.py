@@ -22,6 +22,7 @@ import httpx
 from pipelines.params import TrainResult
 from sandbox.background import Background, BackgroundDied
 from sandbox.settings import Settings
+from sandbox.status import alert_firing, monitor_status, retrainer_status, served_version
 from sandbox.traffic import MAX_DURATION_S, TrafficControl, TrafficSummary, as_dict, run_traffic
 
 # Short intervals so the story takes minutes: the monitor judges every 5 s on 1,500-row windows
@@ -89,45 +90,26 @@ class Timeline:
 TRANSIENT = (httpx.HTTPError, ValueError, KeyError)
 
 
-def prometheus_url(settings: Settings) -> str:
-    return f"http://{settings.host}:{settings.prometheus_port}"
-
-
-def alert_firing(settings: Settings, alertname: str = ALERT) -> bool:
-    query = f'ALERTS{{alertname="{alertname}", alertstate="firing"}}'
-    response = httpx.get(f"{prometheus_url(settings)}/api/v1/query", params={"query": query}, timeout=5)
-    return bool(response.json()["data"]["result"])
-
-
-def served_version(settings: Settings) -> str | None:
-    response = httpx.get(f"{settings.serving_url}/model", timeout=5)
-    return response.json()["version"] if response.status_code == 200 else None
-
-
-def monitor_verdict(settings: Settings) -> dict | None:
-    return httpx.get(f"{settings.monitor_url}/api/status", timeout=5).json().get("drift")
-
-
-def retrainer_status(settings: Settings) -> dict:
-    return httpx.get(f"{settings.retrainer_url}/api/status", timeout=5).json()
-
-
 def retraining_since(settings: Settings, since: float) -> dict | None:
     """The retraining running now, or the last one if it started after ``since``."""
     status = retrainer_status(settings)
+    if status is None:
+        return None
     last = status["last"]
     return status["running"] or (last if last and last["started_at"] > since else None)
 
 
 def retraining_done(settings: Settings, run_id: str) -> dict | None:
     status = retrainer_status(settings)
+    if status is None:
+        return None
     last = status["last"]
     return last if status["running"] is None and last and last["id"] == run_id else None
 
 
 def verdict_on(settings: Settings, version: str, after: float) -> dict | None:
     """The monitor's latest sufficient verdict on ``version`` made after ``after``, if any."""
-    drift = monitor_verdict(settings)
+    drift = (monitor_status(settings) or {}).get("drift")
     if (
         drift
         and drift.get("model_version") == version
@@ -304,7 +286,7 @@ class Demo:
             after = verdicts[-1]["evaluated_at"] if verdicts else self.clean_start
             if verdict := verdict_on(self.settings, v1, after):
                 verdicts.append(verdict)
-                if verdict["drift_share"] > 0 or alert_firing(self.settings):
+                if verdict["drift_share"] > 0 or alert_firing(self.settings, ALERT):
                     raise DemoError(
                         "clean traffic", f"a false alarm on clean traffic: {verdict['drifted_features']}"
                     )
@@ -318,7 +300,10 @@ class Demo:
         self.incident_at = self.timeline.add("incident", f"{self.scenario} (severity {self.severity:g})")
         self.on_status(f"incident {self.scenario}: waiting for {ALERT} to fire in Prometheus...")
         detected = self.wait(
-            "alert fires", lambda: alert_firing(self.settings) and time.time(), self.timeout, interval=0.5
+            "alert fires",
+            lambda: alert_firing(self.settings, ALERT) and time.time(),
+            self.timeout,
+            interval=0.5,
         )
         self.detected_at = self.timeline.add(f"{ALERT} firing", at=detected)
         self.result.time_to_detect_s = round(detected - self.incident_at, 1)
@@ -363,7 +348,7 @@ class Demo:
             raise DemoError("drift falls on v2", f"v2's traffic still drifts: {verdict['drifted_features']}")
         self.timeline.add("v2: no drift", f"{verdict['rows']} rows judged", at=verdict["evaluated_at"])
         resolved = self.wait(
-            "alert resolves", lambda: not alert_firing(settings) and time.time(), self.timeout / 2
+            "alert resolves", lambda: not alert_firing(settings, ALERT) and time.time(), self.timeout / 2
         )
         self.timeline.add(f"{ALERT} resolved", at=resolved)
         self.result.time_to_recover_s = round(resolved - self.incident_at, 1)
@@ -394,7 +379,7 @@ def write_report(settings: Settings, timeline: Timeline, result: DemoResult) -> 
         settings.home / "reports",
         timeline.events,
         asdict(result),
-        prometheus_query_range(prometheus_url(settings)),
+        prometheus_query_range(settings.prometheus_url),
         started=timeline.started,
         alert=ALERT,
         # One more evaluation and its scrape (5 s), with slack for a busy machine.

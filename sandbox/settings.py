@@ -101,6 +101,10 @@ class Settings(BaseSettings):
         return self.alertmanager_base_url or f"http://{self.host}:{self.alertmanager_port}"
 
     @property
+    def prometheus_url(self) -> str:
+        return f"http://{self.host}:{self.prometheus_port}"
+
+    @property
     def serving_url(self) -> str:
         return f"http://{self.host}:{self.serving_port}"
 

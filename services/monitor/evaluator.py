@@ -284,20 +284,18 @@ class Monitor:
             self.models, self.alerts, self.retraining = models, alerts, retraining
 
     def _models(self) -> dict:
-        from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
+
+        from pipelines.registry import alias_version
 
         client = MlflowClient(self.settings.mlflow_uri)
         out: dict = {"reachable": True, "tracking_uri": self.settings.mlflow_uri}
         try:
             for alias in ("champion", "challenger"):
-                try:
-                    mv = client.get_model_version_by_alias(self.settings.model_name, alias)
-                except MlflowException as exc:
-                    if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-                        out[alias] = None  # no such model or alias yet
-                        continue
-                    raise
+                mv = alias_version(client, self.settings.model_name, alias)
+                if mv is None:  # no such model or alias yet
+                    out[alias] = None
+                    continue
                 metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
                 out[alias] = {
                     "version": mv.version,

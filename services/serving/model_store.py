@@ -127,14 +127,10 @@ class ModelHolder:
         self.polling = False
 
     def alias_version(self) -> str | None:
-        from mlflow.exceptions import MlflowException
+        from pipelines.registry import alias_version
 
-        try:
-            return self.client.get_model_version_by_alias(self.name, self.alias).version
-        except MlflowException as exc:
-            if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code) or "not found" in str(exc).lower():
-                return None
-            raise
+        found = alias_version(self.client, self.name, self.alias)
+        return found.version if found else None
 
     def refresh(self) -> bool:
         """One poll: returns True when a new version was swapped in."""

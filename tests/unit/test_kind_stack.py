@@ -618,7 +618,7 @@ def test_sandbox_up_kind_runs_the_phases_and_prints_times_urls_and_the_grafana_l
     monkeypatch.setattr(ks, "run_command", runner)
     monkeypatch.setattr(ks, "preflight", lambda run, **kw: pf(run))
     monkeypatch.setattr(ks, "http_get", lambda url, timeout=5: KFP_READY)
-    monkeypatch.setattr(cli, "kind_champion_version", lambda settings: "3")  # a champion: training is skipped
+    monkeypatch.setattr(cli.status_of, "champion", lambda settings: {"version": "3"})  # training is skipped
     result = CliRunner().invoke(cli.app, ["up", "--kind"], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "champion v3 already registered; skipped" in result.output

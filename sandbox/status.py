@@ -1,0 +1,93 @@
+"""What the running platform says about itself: the control plane's read-only queries, in one place.
+
+``sandbox status``, ``sandbox demo`` and the kind commands ask these; each answers ``None`` (or
+``False``) when the service does not answer, so a caller can say which one is missing.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from sandbox.settings import Settings
+
+TIMEOUT = 5.0
+
+
+def _get_json(url: str, **params):
+    try:
+        response = httpx.get(url, params=params or None, timeout=TIMEOUT)
+    except httpx.HTTPError:
+        return None
+    if response.status_code != 200:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def mlflow_answers(settings: Settings) -> bool:
+    try:
+        return httpx.get(f"{settings.mlflow_uri.rstrip('/')}/health", timeout=3).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def champion(settings: Settings) -> dict | None:
+    """The champion: name, version, run id and its metrics (per-slice ones left out); None if there is none."""
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.registry import current_champion
+
+    client = MlflowClient(settings.mlflow_uri)
+    version = current_champion(client, settings.model_name)
+    if version is None:
+        return None
+    metrics = client.get_run(version.run_id).data.metrics
+    return {
+        "name": settings.model_name,
+        "version": version.version,
+        "run_id": version.run_id,
+        "metrics": {k: v for k, v in metrics.items() if not k.startswith("slice_")},
+    }
+
+
+def served_model(settings: Settings) -> dict | None:
+    """What serving says it serves (``GET /model`` without the input example)."""
+    model = _get_json(f"{settings.serving_url}/model")
+    return {k: v for k, v in model.items() if k != "input_example"} if model else None
+
+
+def served_version(settings: Settings) -> str | None:
+    model = served_model(settings)
+    return model["version"] if model else None
+
+
+def firing_alerts(settings: Settings) -> list[dict] | None:
+    """Alertmanager's active, unsilenced alerts; None when Alertmanager does not answer."""
+    alerts = _get_json(f"{settings.alertmanager_url}/api/v2/alerts", active="true", silenced="false")
+    if alerts is None:
+        return None
+    return [
+        {
+            "name": a["labels"].get("alertname"),
+            "summary": a["annotations"].get("summary", ""),
+            "since": a.get("startsAt"),
+        }
+        for a in alerts
+    ]
+
+
+def alert_firing(settings: Settings, alertname: str) -> bool:
+    """Whether Prometheus has ``alertname`` firing now (its ALERTS series)."""
+    query = f'ALERTS{{alertname="{alertname}", alertstate="firing"}}'
+    answer = _get_json(f"{settings.prometheus_url}/api/v1/query", query=query)
+    return bool(answer and answer["data"]["result"])
+
+
+def monitor_status(settings: Settings) -> dict | None:
+    return _get_json(f"{settings.monitor_url}/api/status")
+
+
+def retrainer_status(settings: Settings) -> dict | None:
+    return _get_json(f"{settings.retrainer_url}/api/status")
