@@ -74,7 +74,7 @@ local: setup ## Bring the embedded stack up (MLflow, ...) under supervisord
 	$(SANDBOX) up --local
 
 # The kind cluster of `make up` (kind-config.yaml); the checks below cost nothing when kind is absent.
-KIND_CLUSTER := mlops-sandbox
+KIND_CLUSTER := $(shell python3 -m sandbox.names CLUSTER)
 KIND_EXISTS = command -v kind >/dev/null 2>&1 && kind get clusters 2>/dev/null | grep -qx $(KIND_CLUSTER)
 
 up: ## The full stack on a kind cluster (needs Docker, kind, kubectl, git; `sandbox doctor` checks first)

@@ -77,16 +77,10 @@ def healthy(url: str) -> bool:
 
 
 def start_mlflow(tmp: Path, port: int, log_path: Path) -> subprocess.Popen:
-    command = [
-        str(Path(sys.executable).parent / "mlflow"), "server",
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}",
-        "--artifacts-destination", str(tmp / "artifacts"),
-        "--serve-artifacts",
-        "--workers", "1",
-    ]  # fmt: skip
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    from sandbox.local_stack import BASE_ENV, mlflow_server_command
+
+    command = mlflow_server_command("127.0.0.1", port, tmp)
+    env = {**os.environ, **BASE_ENV}
     with log_path.open("w") as log:
         # Own session = own process group: stopping it takes the server's workers along.
         return subprocess.Popen(

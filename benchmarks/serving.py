@@ -160,12 +160,11 @@ class Server:
 
 
 def start_mlflow(tmp: Path, port: int) -> Server:
-    command = [
-        str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-        "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}",
-        "--artifacts-destination", str(tmp / "artifacts"), "--serve-artifacts", "--workers", "1",
-    ]  # fmt: skip
-    return Server("mlflow server", command, {}, tmp / "mlflow-server.log", tmp)
+    from sandbox.local_stack import mlflow_server_command
+
+    return Server(
+        "mlflow server", mlflow_server_command("127.0.0.1", port, tmp), {}, tmp / "mlflow-server.log", tmp
+    )
 
 
 class IngestHandler(BaseHTTPRequestHandler):

@@ -6,14 +6,12 @@ Each component imports project code inside its body: in the cluster it runs in t
 whose parameters and defaults are ``pipelines.params.TrainParams``: none is defaulted here.
 """
 
-import os
 from typing import NamedTuple
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
-# The one project image (built by `make up`); every component runs in it on the cluster.
-PROJECT_IMAGE = os.environ.get("SANDBOX_IMAGE", "mlops-sandbox:0.1.0")
+from sandbox.names import IMAGE as PROJECT_IMAGE  # every component runs in it on the cluster
 
 # Nothing to pip-install at run time: the image (or the local venv) already has the project.
 component = dsl.component(base_image=PROJECT_IMAGE, packages_to_install=[], install_kfp_package=False)

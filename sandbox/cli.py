@@ -31,6 +31,20 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def step_progress(progress: Progress, indent: str = ""):
+    """A pipeline run's ``on_step``: one progress line per step, marked done or failed with its seconds."""
+    tasks: dict[str, int] = {}
+
+    def on_step(step: str, state: str, seconds: float) -> None:
+        if step not in tasks:
+            tasks[step] = progress.add_task(f"{indent}{step}", total=1)
+        if state != "running":
+            mark = "[green]done[/]" if state == "success" else f"[red]{state}[/]"
+            progress.update(tasks[step], completed=1, description=f"{indent}{step} {mark} ({seconds:.1f}s)")
+
+    return on_step
+
+
 # --- the kind cluster (`--kind`): sandbox/kind_stack.py does the work, pipelines/remote.py runs KFP ---
 
 
@@ -66,17 +80,8 @@ def kind_up(timeout: float) -> None:
         champion = (status_of.champion(settings) or {}).get("version")
         if champion is not None:
             return f"champion v{champion} already registered; skipped (`sandbox train --kind` trains again)"
-        steps: dict[str, int] = {}
-
-        def on_step(step: str, state: str, seconds: float) -> None:
-            if step not in steps:
-                steps[step] = progress.add_task(f"  {step}", total=1)
-            if state != "running":
-                mark = "[green]done[/]" if state == "success" else f"[red]{state}[/]"
-                progress.update(steps[step], completed=1, description=f"  {step} {mark} ({seconds:.0f}s)")
-
         result = train(
-            train_params(settings), settings, on_step, on_cluster=True,
+            train_params(settings), settings, step_progress(progress, indent="  "), on_cluster=True,
             on_submitted=lambda run_id, url: progress.console.print(f"KFP run: {url}"),
         )  # fmt: skip
         verdict = "promoted to champion" if result.promoted else f"not promoted: {result.reason}"
@@ -478,19 +483,10 @@ def train(
         csv_path=str(csv_path or ""), learning_rate=learning_rate, max_iter=max_iter, max_depth=max_depth,
     )  # fmt: skip
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err)
-    tasks: dict[str, int] = {}
-
-    def on_step(step: str, state: str, seconds: float) -> None:
-        if step not in tasks:
-            tasks[step] = progress.add_task(f"{step}", total=1)
-        if state != "running":
-            mark = "[green]done[/]" if state == "success" else f"[red]{state}[/]"
-            progress.update(tasks[step], completed=1, description=f"{step} {mark} ({seconds:.1f}s)")
-
     try:
         with progress:
             result = run_training(
-                params, settings, on_step, on_cluster=not local,
+                params, settings, step_progress(progress), on_cluster=not local,
                 on_submitted=lambda run_id, url: progress.console.print(f"KFP run: {url}"),
             )  # fmt: skip
     except (DataError, PipelineError, RemoteError) as exc:

@@ -20,7 +20,8 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from sandbox.names import REPO_ROOT
+
 OVERLAY = REPO_ROOT / "manifests" / "overlays" / "kind"
 MIB = 1024 * 1024
 GIB = 1024 * MIB

@@ -27,13 +27,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CLUSTER = "mlops-sandbox"
-CONTEXT = f"kind-{CLUSTER}"
-NAMESPACE = "mlops"
-KFP_NAMESPACE = "kubeflow"
-# The same default as pipelines.components.PROJECT_IMAGE (a unit test keeps them equal).
-IMAGE = os.environ.get("SANDBOX_IMAGE", "mlops-sandbox:0.1.0")
+from sandbox.names import CLUSTER, CONTEXT, IMAGE, KFP_NAMESPACE, NAMESPACE, REPO_ROOT  # noqa: F401 (API)
+
 KIND_CONFIG = "kind-config.yaml"
 OVERLAY = "manifests/overlays/kind"
 KFP_DIR = "manifests/kfp"
@@ -704,13 +699,6 @@ def wait_rollouts(run: Runner, names: Iterable[str], timeout: float = 600) -> st
             ),
         )
     return f"ready: {', '.join(names)}"
-
-
-def delete_cluster(run: Runner) -> str:
-    if not cluster_exists(run):
-        return f"no cluster {CLUSTER}"
-    check(run, "delete cluster", ["kind", "delete", "cluster", "--name", CLUSTER], timeout=300)
-    return f"cluster {CLUSTER} deleted"
 
 
 def grafana_password_command() -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from sandbox.names import CONTEXT, NAMESPACE, REPO_ROOT
 
 
 class Settings(BaseSettings):
@@ -89,8 +89,8 @@ class Settings(BaseSettings):
 
     # Cluster mode: where the Kubeflow Pipelines API answers (unset = embedded kfp.local runs).
     kfp_host: str | None = None
-    kube_namespace: str = "mlops"
-    kube_context: str = "kind-mlops-sandbox"
+    kube_namespace: str = NAMESPACE
+    kube_context: str = CONTEXT
 
     @property
     def retrainer_url(self) -> str:

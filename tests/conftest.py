@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from sandbox.local_stack import BASE_ENV, mlflow_server_command
+
 VENV_BIN = Path(sys.executable).parent
-# Offline and light, as the local stack runs it.
-SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
 def free_port() -> int:
@@ -39,16 +39,12 @@ def mlflow_server(tmp_path_factory):
     port = free_port()
     log = (root / "server.log").open("w")
     proc = subprocess.Popen(
-        [
-            str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination", str(root / "artifacts"), "--serve-artifacts", "--workers", "1",
-        ],
-        env={**os.environ, **SERVER_ENV},
+        mlflow_server_command("127.0.0.1", port, root),
+        env={**os.environ, **BASE_ENV},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-    )  # fmt: skip
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/health")
         yield f"http://127.0.0.1:{port}"

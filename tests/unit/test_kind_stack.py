@@ -29,7 +29,8 @@ from kubernetes.client import (
 )
 
 from sandbox import kind_stack as ks
-from sandbox.settings import REPO_ROOT, Settings
+from sandbox.names import REPO_ROOT
+from sandbox.settings import Settings
 
 GiB = 2**30
 
@@ -396,15 +397,6 @@ def test_a_kfp_wait_timeout_says_where_to_look_and_that_up_continues(tmp_path):
         ks.install_kfp(runner, tmp_path)
     assert "wait for KFP failed" in str(info.value) and "timed out waiting" in str(info.value)
     assert "get pods -n kubeflow" in str(info.value)
-
-
-def test_delete_cluster_only_when_it_exists():
-    absent = FakeDocker()
-    assert ks.delete_cluster(absent) == "no cluster mlops-sandbox"
-    assert absent.lines() == ["kind get clusters"]
-    present = FakeDocker(cluster=True)
-    assert ks.delete_cluster(present) == "cluster mlops-sandbox deleted"
-    assert present.lines()[-1] == "kind delete cluster --name mlops-sandbox"
 
 
 def test_the_real_runner_reports_a_missing_program_and_a_timeout_as_results():

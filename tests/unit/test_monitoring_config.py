@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from sandbox.local_stack import MONITORING, render_monitoring_config
-from sandbox.settings import REPO_ROOT, Settings
+from sandbox.names import REPO_ROOT
+from sandbox.settings import Settings
 
 RULES = MONITORING / "prometheus" / "rules" / "sandbox.yml"
 
