@@ -8,7 +8,7 @@ SANDBOX := $(VENV)/bin/sandbox
 APT_PACKAGES := prometheus prometheus-alertmanager chromium fonts-dejavu-core
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-unit lint format local up down status train compile demo clean
+.PHONY: help setup test test-fast lint format local up down status train compile demo clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}'
@@ -56,11 +56,15 @@ system-packages:
 
 setup: $(VENV)/.installed ## Create .venv, install the project (+dev) and Prometheus/Alertmanager
 
-test: setup ## Run every test (unit + integration with real servers on 127.0.0.1)
-	$(PY) -m pytest -q
+# Two at a time: most integration tests wait on real servers, not on the CPU. --dist loadfile keeps
+# a module's servers (its fixtures) in one worker. The 15 slowest tests are printed at the end.
+PYTEST_PARALLEL := -n 2 --dist loadfile
 
-test-unit: setup ## Run the fast unit tests only
-	$(PY) -m pytest -q tests/unit
+test: setup ## Run every test (unit, static checks, integration with real servers, the loop, chaos, browser)
+	$(PY) -m pytest -q $(PYTEST_PARALLEL) --durations=15
+
+test-fast: setup ## The edit-test loop: unit tests and static checks, no servers and no stories (~1 min)
+	$(PY) -m pytest -q $(PYTEST_PARALLEL) -m "not integration and not slow" tests/unit tests/manifests
 
 lint: setup ## ruff check and format check
 	$(VENV)/bin/ruff check .

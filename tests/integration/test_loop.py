@@ -17,7 +17,7 @@ from sandbox.local_stack import alertmanager_binary
 from sandbox.report import figure_of, final_drift
 from tests.integration.test_local_stack import SANDBOX, stack_env
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.mark.skipif(

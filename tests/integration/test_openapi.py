@@ -15,7 +15,7 @@ from sandbox.settings import Settings
 from tests.conftest import free_port
 from tests.integration.serving_helpers import VENV_BIN, stop_process_group, wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 # The real retrainer app with a stand-in pipeline: a fuzzed alert may well say action=retrain.
 RETRAINER = """

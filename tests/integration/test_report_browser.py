@@ -18,7 +18,7 @@ from sandbox.report import VERSION_COLOURS, write_report
 from tests.integration.test_status_page_browser import ARTIFACTS, CHROMIUM, pixels_near, text_of
 from tests.unit.test_report import ALERT, END, EVENTS, recorded, run
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SIZE = (1280, 2600)  # the whole page: numbers, timeline, six panels, the folded JSON
 
 

@@ -27,7 +27,7 @@ from sandbox.local_stack import alertmanager_binary
 from tests.conftest import free_port, wait_http
 from tests.integration.serving_helpers import register, stop_process_group, wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 MODEL = "status-page-it"
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"

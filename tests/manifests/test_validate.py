@@ -93,6 +93,7 @@ def checkov_results(tmp_path) -> dict[str, dict]:
     return {r["check_type"]: r for r in reports}
 
 
+@pytest.mark.slow  # checkov loads ~1,000 checks
 def test_checkov_finds_no_failed_check(tmp_path):
     reports = checkov_results(tmp_path)
     assert set(reports) == {"kubernetes", "dockerfile"}

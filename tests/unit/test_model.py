@@ -1,4 +1,5 @@
 import pandas as pd
+import pytest
 
 from pipelines.data import generate_loans
 from pipelines.evaluate import evaluate_model
@@ -10,6 +11,7 @@ from pipelines.train import features_only, split, train_model
 CLEAN_ROC_AUC_FLOOR = 0.78
 
 
+@pytest.mark.slow  # trains on 20,000 rows
 def test_clean_data_model_quality_floor():
     train, holdout = split(generate_loans(8_000, seed=11), LOAN_SCHEMA)
     metrics = evaluate_model(train_model(train, LOAN_SCHEMA), holdout, LOAN_SCHEMA)
@@ -26,6 +28,7 @@ def test_model_serves_unseen_categories_and_missing_values():
     assert len(prob) == len(odd) and pd.Series(prob).between(0, 1).all()
 
 
+@pytest.mark.slow  # trains on 20,000 rows
 def test_weak_hyperparameters_give_a_weaker_model():
     train, holdout = split(generate_loans(6_000, seed=5), LOAN_SCHEMA)
     strong = evaluate_model(train_model(train, LOAN_SCHEMA), holdout, LOAN_SCHEMA)["roc_auc"]
