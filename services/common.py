@@ -17,9 +17,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-if (
-    TYPE_CHECKING
-):  # FastAPI only where its wiring runs: serving (BentoML) would pay 0.4 s a worker to import it
+# FastAPI only where its wiring runs: serving (BentoML) would pay 0.4 s a worker to import it.
+if TYPE_CHECKING:
     from fastapi import FastAPI
 
 log = logging.getLogger("sandbox.http")
