@@ -78,6 +78,7 @@ class MonitorConfig:
     window_rows: int = 2_000
     window_seconds: float = 3_600.0
     min_rows: int = DEFAULT_MIN_ROWS  # see drift.py for why 1,000
+    drift_thresholds: dict | None = None  # by Evidently test name; None: Evidently's (settings set them)
     min_labelled_rows: int = DEFAULT_MIN_LABELLED_ROWS
     quality_window_rows: int = 5_000
     quality_window_seconds: float = 86_400.0  # labels arrive late: look further back than for drift
@@ -260,7 +261,9 @@ class Monitor:
         reference = None
         if version is not None and len(rows) >= cfg.min_rows:
             reference = self.reference_loader(self.settings.mlflow_uri, self.settings.model_name, version)
-        result = run_drift(rows, reference, self.schema, min_rows=cfg.min_rows, model_version=version)
+        result = run_drift(
+            rows, reference, self.schema, cfg.min_rows, model_version=version, thresholds=cfg.drift_thresholds
+        )
         labelled = self.store.labelled(cfg.quality_window_rows, cfg.quality_window_seconds, now=now)
         if version is not None:
             labelled = labelled[labelled["model_version"].astype(str) == version]
@@ -319,7 +322,9 @@ class Monitor:
             if window is not None and window[2] != self._report_rendered_for:
                 rows, reference, evaluated_at = window
                 started = time.monotonic()
-                self._save_report(drift_report_html(rows, reference, self.schema))
+                self._save_report(
+                    drift_report_html(rows, reference, self.schema, self.config.drift_thresholds)
+                )
                 self._report_rendered_for = evaluated_at
                 log.info(
                     "rendered the drift report of %d rows in %.2fs", len(rows), time.monotonic() - started
