@@ -44,8 +44,9 @@ def test_the_demo_uses_the_measured_sizes():
 def test_false_alarms_per_verdict_stay_under_one_percent(case):
     # Window and reference from one distribution (clean for v1; for v2 also each incident's, since
     # v2's reference is rows served after the alert; and a reference small enough for Evidently's
-    # p-value tests). About 60 verdicts a case: at most 1 alarm.
-    resamples = 60 // len(case.distributions)
+    # p-value tests). 60 verdicts a case (30 for v1: 5,000-row references are slow to test, and its
+    # largest distance is far under the threshold): at most 1 alarm.
+    resamples = (30 if case.label.endswith("v1") else 60) // len(case.distributions)
     # The distance bound below fails for a threshold too low for these sizes; for the K-S path,
     # Evidently's p < 0.05 must alarm on the same draws (the test's power).
     power = case.label == "K-S path"
