@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import httpx
@@ -53,7 +53,8 @@ class MonitorConfig:
     interval_seconds: float = _setting("interval_seconds")
     window_rows: int = _setting("window_rows")
     window_seconds: float = _setting("window_seconds")
-    min_rows: int = _setting("min_rows")  # see drift.py for why 1,000
+    min_rows: int = _setting("min_rows")  # see docs/drift-statistics.md for why 1,500
+    drift_thresholds: dict = field(default_factory=lambda: dict(_setting("drift_thresholds")))  # by test name
     min_labelled_rows: int = _setting("min_labelled_rows")
     # No settings of their own (only tests change them): their defaults live here.
     quality_window_rows: int = 5_000
@@ -201,7 +202,9 @@ class Monitor:
         reference = None
         if version is not None and len(rows) >= cfg.min_rows:
             reference = self.reference_loader(self.settings.mlflow_uri, self.settings.model_name, version)
-        result = run_drift(rows, reference, self.schema, min_rows=cfg.min_rows, model_version=version)
+        result = run_drift(
+            rows, reference, self.schema, cfg.min_rows, model_version=version, thresholds=cfg.drift_thresholds
+        )
         labelled = self.store.labelled(cfg.quality_window_rows, cfg.quality_window_seconds, now=now)
         if version is not None:
             labelled = labelled[labelled["model_version"].astype(str) == version]
@@ -260,7 +263,9 @@ class Monitor:
             if window is not None and window[2] != self._report_rendered_for:
                 rows, reference, evaluated_at = window
                 started = time.monotonic()
-                self._save_report(drift_report_html(rows, reference, self.schema))
+                self._save_report(
+                    drift_report_html(rows, reference, self.schema, self.config.drift_thresholds)
+                )
                 self._report_rendered_for = evaluated_at
                 log.info(
                     "rendered the drift report of %d rows in %.2fs", len(rows), time.monotonic() - started

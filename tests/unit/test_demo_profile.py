@@ -11,7 +11,7 @@ def test_profile_env_carries_the_service_settings_only(tmp_path):
     env = profile_env(demo_settings(Settings(home=tmp_path)))
     assert env["SANDBOX_MONITOR_INTERVAL_SECONDS"] == "5"
     assert (
-        env["SANDBOX_RETRAIN_DRIFT_REFERENCE_ROWS"] == "1200" and env["SANDBOX_SERVING_POLL_SECONDS"] == "2"
+        env["SANDBOX_RETRAIN_DRIFT_REFERENCE_ROWS"] == "2000" and env["SANDBOX_SERVING_POLL_SECONDS"] == "2"
     )
     # Prometheus/Alertmanager timings are rendered into their files, not passed as environment.
     assert not any(k.startswith(("SANDBOX_ALERT", "SANDBOX_ALERTMANAGER")) for k in env)

@@ -120,16 +120,35 @@ def test_small_reference_switches_to_p_value_tests():
 def test_verdict_tests_are_the_presets(scenario, reference_rows, reference_std):
     # The verdict calls the preset's per-column tests without its plots; Report([DataDriftPreset])
     # must reach the same method, threshold, score and flag for every column (an Evidently
-    # upgrade that changes its selection fails here).
+    # upgrade that changes its selection fails here), with the thresholds the monitor uses.
+    thresholds = Settings().monitor_drift_thresholds
     reference = generate_loans(reference_rows, seed=1)
     current = apply_scenario(generate_loans(1_500, seed=11), scenario, 1.0, reference_std=reference_std)
     cur, ref = prepare(current, LOAN_SCHEMA), prepare(reference, LOAN_SCHEMA)
-    ours = column_tests(cur, ref, LOAN_SCHEMA)
-    preset = preset_features(run_preset(current, reference, LOAN_SCHEMA))
+    ours = column_tests(cur, ref, LOAN_SCHEMA, thresholds)
+    preset = preset_features(run_preset(current, reference, LOAN_SCHEMA, thresholds))
     assert set(ours) == set(preset) == set(LOAN_SCHEMA.names)
     assert preset_mismatches(ours, preset) == []  # method, threshold, flag, score (rel 1e-9)
     if scenario == "covariate_shift":
         assert ours["credit_score"].drifted
+    if reference_rows > 1_000:  # distances: the configured threshold is the one applied
+        assert ours["age"].threshold == thresholds.get("wasserstein", 0.1)
+
+
+def test_a_threshold_by_test_name_moves_the_flag_not_the_test(reference):
+    # A window with a score between Evidently's 0.1 and a raised threshold: flagged by default,
+    # not with {"wasserstein": score + 0.01}; the method and the score stay Evidently's.
+    current = generate_loans(1_500, seed=12)
+    current["age"] = current["age"] + 0.11 * reference["age"].std()
+    default = evaluate_drift(current, reference, LOAN_SCHEMA)
+    score = default.features["age"].score
+    assert 0.1 <= score < 0.2 and default.drifted_features == ["age"]
+    raised = evaluate_drift(current, reference, LOAN_SCHEMA, thresholds={"wasserstein": score + 0.01})
+    assert raised.verdict == NO_DRIFT
+    assert raised.features["age"].score == score
+    assert raised.features["age"].method == default.features["age"].method
+    assert raised.features["age"].threshold == pytest.approx(score + 0.01)
+    assert raised.features["region"].threshold == 0.1  # Jensen-Shannon: not named, Evidently's default
 
 
 def test_live_quality_and_its_minimum():
