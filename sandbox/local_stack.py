@@ -172,7 +172,9 @@ def programs(settings: Settings, profile: dict[str, str] | None = None) -> list[
             # Alive is enough for the stack: readiness waits for a champion (`sandbox status` shows it).
             health_path="/livez",
             # 2 cores, 2 workers: one native thread each, or BLAS/OpenMP threads fight over the cores.
-            env={"OMP_NUM_THREADS": "1", **profile},
+            # BENTOML_HOME of its own: BentoML wipes <home>/prometheus_multiproc_dir when it starts, so
+            # two serving processes sharing ~/bentoml erase each other's metrics.
+            env={"OMP_NUM_THREADS": "1", "BENTOML_HOME": str(settings.home / "bentoml"), **profile},
         ),
         Program(
             name="monitor",

@@ -95,7 +95,9 @@ def start_serving(port: int, env: dict, log_path: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [str(VENV_BIN / "bentoml"), "serve", "services.serving.service:Serving", "--working-dir", str(REPO),
          "--host", "127.0.0.1", "--port", str(port)],
-        env={**os.environ, "BENTOML_DO_NOT_TRACK": "True", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", **env},
+        # A BENTOML_HOME of its own, as the stack gives serving: BentoML wipes its metrics dir at start.
+        env={**os.environ, "BENTOML_DO_NOT_TRACK": "True", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+             "BENTOML_HOME": str(log_path.parent / "bentoml"), **env},
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
 

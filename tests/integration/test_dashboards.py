@@ -408,14 +408,16 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
 # The real retrainer app; the pipeline run is a stand-in that promotes at once.
 RETRAINER = """
 import sys, time, uvicorn
+from pipelines.params import TrainResult
 from sandbox.settings import Settings
 from services.retrainer.app import create_app
 
-def runner(arguments, log_path):
-    time.sleep(0.5)
-    return {"promoted": True, "model_version": "2", "run_id": "r", "champion_version": "2", "reason": "stand-in"}
+class Runner:
+    def run(self, params, on_step=None, log_name=None):
+        time.sleep(0.5)
+        return TrainResult("r", params.model_name, "2", {}, True, "stand-in", "2")
 
-app = create_app(Settings(), runner=runner)
+app = create_app(Settings(), runner=Runner())
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
 """
 

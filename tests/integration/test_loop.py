@@ -32,7 +32,9 @@ def test_drift_alert_retrains_promotes_swaps_and_resolves(tmp_path):
             [SANDBOX, "demo", "--json", "--timeout", "420"],
             env={**env, "COLUMNS": "160"}, capture_output=True, text=True, timeout=1700,
         )  # fmt: skip
-        summary = json.loads(done.stdout.strip().splitlines()[-1])
+        lines = done.stdout.strip().splitlines()
+        assert lines, f"the demo printed no summary (exit {done.returncode}):\n{done.stderr[-4000:]}"
+        summary = json.loads(lines[-1])
         assert done.returncode == 0 and summary["completed"], done.stderr[-4000:]
         for line in done.stderr.splitlines():  # the live timeline, for the test log
             print(line)

@@ -20,13 +20,15 @@ REPO = Path(__file__).resolve().parents[2]
 # The real retrainer app with a stand-in pipeline: a fuzzed alert may well say action=retrain.
 RETRAINER = """
 import sys, uvicorn
+from pipelines.params import TrainResult
 from sandbox.settings import Settings
 from services.retrainer.app import create_app
 
-def runner(arguments, log_path):
-    return {"promoted": False, "model_version": "2", "run_id": "r", "champion_version": "1", "reason": "stand-in"}
+class Runner:
+    def run(self, params, on_step=None, log_name=None):
+        return TrainResult("r", params.model_name, "2", {}, False, "stand-in", "1")
 
-uvicorn.run(create_app(Settings(), runner=runner), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+uvicorn.run(create_app(Settings(), runner=Runner()), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
 """
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
 
@@ -42,7 +44,7 @@ def test_the_documents_name_every_answer_and_its_content_type(tmp_path):
 
     settings = Settings(home=tmp_path)
     monitor = monitor_app(settings).openapi()
-    retrainer = retrainer_app(settings, runner=lambda arguments, log_path: {}).openapi()
+    retrainer = retrainer_app(settings, runner=None).openapi()  # the runner is never called here
     json, html, text = ["application/json"], ["text/html"], ["text/plain"]
     for spec in (monitor, retrainer):
         assert content_types(spec, "/metrics", "get") == {"200": text}
