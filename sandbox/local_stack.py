@@ -172,8 +172,10 @@ def programs(settings: Settings, profile: dict[str, str] | None = None) -> list[
             # Alive is enough for the stack: readiness waits for a champion (`sandbox status` shows it).
             health_path="/livez",
             # 2 cores, 2 workers: one native thread each, or BLAS/OpenMP threads fight over the cores.
-            # BENTOML_HOME of its own: BentoML wipes <home>/prometheus_multiproc_dir when it starts, so
-            # two serving processes sharing ~/bentoml erase each other's metrics.
+            # A BentoML home of its own: `bentoml serve` wipes <BENTOML_HOME>/prometheus_multiproc_dir
+            # at start, so with the shared ~/bentoml any other serve on the machine (a test, a second
+            # stack) erased this one's metric files: its feed and prediction counters vanished from
+            # /metrics, and it reported the other's (found by tests/chaos).
             env={"OMP_NUM_THREADS": "1", "BENTOML_HOME": str(settings.home / "bentoml"), **profile},
         ),
         Program(

@@ -156,21 +156,78 @@ class Retrainer:
         self.history: deque[dict] = deque(maxlen=50)
         self.history_path = settings.home / "retrainer" / "history.jsonl"
         self._threads: list[threading.Thread] = []
+        self.interrupted: dict | None = None
+        self._kill_orphans()
         self._restore()
+        self._resume()
 
     def _restore(self) -> None:
-        """The last retrainings from disk, so a restart keeps the cooldown and the story."""
+        """The last retrainings from disk, so a restart keeps the cooldown and the story.
+
+        A run is written when it starts and again when it ends; a run whose last record is its
+        start was interrupted by a restart of this process: it is recorded as failed, and does
+        not hold the cooldown, so it can be retried (:meth:`_resume`).
+        """
         if not self.history_path.is_file():
             return
-        for line in self.history_path.read_text().splitlines()[-50:]:
+        records: dict[str, dict] = {}  # id -> its last record (start, then finish)
+        for line in self.history_path.read_text().splitlines()[-100:]:
             try:
                 record = json.loads(line)
             except ValueError:
                 continue
-            self.history.append(record)
-            self.last_trigger_at = max(self.last_trigger_at or 0.0, record.get("started_at", 0.0))
-            if record.get("alert_key"):
-                self.recent_keys[record["alert_key"]] = record["started_at"]
+            records[record.get("id", "")] = record
+        for record in list(records.values())[-50:]:
+            if record.get("state") == "running":
+                record = {**record, "state": "failed", "finished_at": time.time(),
+                          "error": "interrupted: the retrainer restarted while it ran"}  # fmt: skip
+                record["seconds"] = round(record["finished_at"] - record["started_at"], 1)
+                self._append(record)
+                self.metrics.runs.labels("failed").inc()
+                self.interrupted = record
+            else:
+                self.last_trigger_at = max(self.last_trigger_at or 0.0, record.get("started_at", 0.0))
+                if record.get("alert_key"):
+                    self.recent_keys[record["alert_key"]] = record["started_at"]
+            self.history.append({k: v for k, v in record.items() if k != "alert"})
+
+    def _resume(self) -> None:
+        """Retry a run the last restart interrupted (its alert is in its start record), if it is recent."""
+        run = self.interrupted
+        if (
+            run
+            and run.get("alert")
+            and time.time() - run["started_at"] < self.settings.retrain_timeout_seconds
+        ):
+            with self.lock:
+                started = self._start(run["alert"], time.time(), resumes=run["id"])
+            log.warning("%s was interrupted by a restart: retrying it as %s", run["id"], started["id"])
+
+    @staticmethod
+    def _kill_orphans() -> None:
+        """Training children left by a previous incarnation of this retrainer (same stack) are stopped.
+
+        run_in_child gives each its own session, so SIGKILL of the retrainer leaves it running: it
+        would compete for the CPU with the retry and could still promote a version no one records.
+        """
+        import os
+        import signal
+
+        import psutil
+
+        marker = os.environ.get("SANDBOX_STACK_HOME")
+        if not marker:
+            return
+        for proc in psutil.process_iter(["cmdline"]):
+            try:
+                if (
+                    "pipelines.run" in (proc.info["cmdline"] or [])
+                    and proc.environ().get("SANDBOX_STACK_HOME") == marker
+                ):
+                    log.warning("stopping pid %d, a training left by a previous retrainer", proc.pid)
+                    os.killpg(proc.pid, signal.SIGKILL)
+            except (psutil.Error, ProcessLookupError, PermissionError):
+                continue
 
     def _append(self, record: dict) -> None:
         self.history_path.parent.mkdir(parents=True, exist_ok=True)
@@ -197,28 +254,35 @@ class Retrainer:
                     "skipped a %s notification (%s): %s", notification["status"], alertname, decision.reason
                 )
                 return {"action": decision.action, "reason": decision.reason, "alertname": alertname}
-            key = alert_key(decision.alert)
-            self.last_trigger_at, self.recent_keys[key] = now, now
-            run = {
-                "id": f"retrain-{int(now * 1000)}",
-                "alertname": alertname,
-                "alert_key": key,
-                "alert_starts_at": decision.alert.get("startsAt"),
-                "started_at": now,
-                "state": "running",
-            }
-            self.running = run
+            run = self._start(decision.alert, now)
+        return {"action": TRIGGER, "reason": decision.reason, "alertname": alertname, "run": run["id"]}
+
+    def _start(self, alert: dict, now: float, resumes: str | None = None) -> dict:
+        """Start a retraining for ``alert`` (the caller holds the lock); its start is written to disk."""
+        key = alert_key(alert)
+        alertname = alert.get("labels", {}).get("alertname")
+        self.last_trigger_at, self.recent_keys[key] = now, now
+        run = {
+            "id": f"retrain-{int(now * 1000)}",
+            "alertname": alertname,
+            "alert_key": key,
+            "alert_starts_at": alert.get("startsAt"),
+            "started_at": now,
+            "state": "running",
+        }
+        if resumes:
+            run["resumes"] = resumes
+        self.running = run
+        self._append({**run, "alert": alert})  # so a restart knows what it interrupted
         self.metrics.triggers.inc()
         self.metrics.in_progress.set(1)
         log.info(
             "%s fired (%s): starting train-and-register on production data as %s", alertname, key, run["id"]
         )
-        thread = threading.Thread(
-            target=self._retrain, args=(run, decision.alert), name=run["id"], daemon=True
-        )
+        thread = threading.Thread(target=self._retrain, args=(run, alert), name=run["id"], daemon=True)
         self._threads.append(thread)
         thread.start()
-        return {"action": TRIGGER, "reason": decision.reason, "alertname": alertname, "run": run["id"]}
+        return run
 
     def _retrain(self, run: dict, alert: dict) -> None:
         log_path = self.settings.logs_dir / f"{run['id']}.log"
