@@ -9,11 +9,13 @@ find and stop anything that escaped supervisord.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import xmlrpc.client
 from collections.abc import Callable
@@ -247,8 +249,16 @@ def supervisor_dir(settings: Settings) -> Path:
     return settings.home / "supervisor"
 
 
+# A Unix socket path holds at most 107 bytes (sun_path); a deep SANDBOX_HOME would overflow it.
+MAX_SOCKET_PATH = 100
+
+
 def socket_path(settings: Settings) -> Path:
-    return supervisor_dir(settings) / "supervisor.sock"
+    path = supervisor_dir(settings) / "supervisor.sock"
+    if len(str(path)) <= MAX_SOCKET_PATH:
+        return path
+    digest = hashlib.sha256(str(settings.home.resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"sandbox-{digest}.sock"  # one per home, still
 
 
 def pid_path(settings: Settings) -> Path:
@@ -394,12 +404,18 @@ def check_ports(settings: Settings, progs: list[Program]) -> None:
 
 def start_supervisord(settings: Settings, timeout: float = 20) -> None:
     env = {**os.environ, **BASE_ENV, STACK_ENV: str(settings.home.resolve())}
-    subprocess.run(
+    started = subprocess.run(
         [venv_bin("supervisord"), "-c", str(config_path(settings))],
         env=env,
-        check=True,
         cwd=settings.home,
+        capture_output=True,
+        text=True,
     )
+    if started.returncode != 0:
+        raise StackError(
+            f"supervisord did not start: {(started.stderr or started.stdout).strip()[:300]} "
+            f"(config {config_path(settings)}; `sandbox down`, then `sandbox up --local` again)"
+        )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if supervisord_running(settings):

@@ -399,9 +399,10 @@ def test_data_quality_fails_on_a_unit_change_and_keeps_it_out_of_retraining(moni
 def test_monitor_config_takes_its_defaults_from_the_settings():
     """One source of defaults: a MonitorConfig field that is also a setting defaults to the setting."""
     shared = [f for f in dataclasses.fields(MonitorConfig) if f"monitor_{f.name}" in Settings.model_fields]
-    assert len(shared) == 7
+    assert len(shared) == 8
+    defaults = MonitorConfig()
     for f in shared:
-        assert f.default == Settings.model_fields[f"monitor_{f.name}"].default, f.name
+        assert getattr(defaults, f.name) == Settings.model_fields[f"monitor_{f.name}"].default, f.name
     overridden = MonitorConfig.from_settings(Settings(monitor_min_rows=123, monitor_interval_seconds=2))
     assert (overridden.min_rows, overridden.interval_seconds) == (123, 2)
 

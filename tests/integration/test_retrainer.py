@@ -50,7 +50,8 @@ def stack(mlflow_server, tmp_path_factory):
         "SANDBOX_MLFLOW_TRACKING_URI": mlflow_server,
         "SANDBOX_MODEL_NAME": MODEL,
         "SANDBOX_MONITOR_PORT": str(monitor_port),
-        "SANDBOX_MONITOR_INTERVAL_SECONDS": "3600",  # this test reads records, not verdicts
+        # Judged often: a retraining reads only records of windows the monitor judged clean.
+        "SANDBOX_MONITOR_INTERVAL_SECONDS": "1",
         "SANDBOX_ALERTMANAGER_PORT": str(free_port()),
         "SANDBOX_RETRAIN_COOLDOWN_SECONDS": "5",
         "SANDBOX_RETRAIN_MIN_PRODUCTION_ROWS": "300",

@@ -170,11 +170,11 @@ def test_before_any_traffic_the_page_shows_the_champion_and_no_verdict(stack, tm
 
 def test_during_an_incident_the_page_shows_the_drift_the_champion_and_the_alert(stack, tmp_path):
     version = stack["version"]
-    frame = generate_loans(1_200, seed=21)
+    frame = generate_loans(1_600, seed=21)  # a window the monitor judges (min 1,500 rows)
     for scenario in ("covariate_shift", "new_category"):
         frame = apply_scenario(frame, scenario, 1.5, seed=21)
     sent = records(frame, version)
-    for batch in (sent[:600], sent[600:]):
+    for batch in (sent[:800], sent[800:]):
         assert (
             httpx.post(f"{stack['monitor']}/ingest", json={"records": batch}, timeout=60).status_code == 200
         )
@@ -202,7 +202,7 @@ def test_during_an_incident_the_page_shows_the_drift_the_champion_and_the_alert(
     assert {"credit_score", "debt_to_income", "region"} <= drifted, drifted
     assert "age" not in drifted
     text = text_of(dom)
-    assert f"1200 rows of version {version}" in text, text
+    assert f"1600 rows of version {version}" in text, text
     assert "DataDriftDetected (warning, active)" in text, text
     # Every third prediction was wrong: 200 of the 300 labelled rows right.
     assert re.search(r"accuracy 0\.667 , F1 \d\.\d{3} on 300 labelled rows", text), text
