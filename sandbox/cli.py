@@ -410,7 +410,9 @@ def send_traffic(
 def traffic(
     rps: Annotated[float, typer.Option(help="Requests per second (at most 500).")] = 10,
     duration: Annotated[float, typer.Option(help="Seconds to run (at most 3600).")] = 60,
-    scenario: Annotated[str, typer.Option(help="Drift scenario of the generated rows.")] = "none",
+    scenario: Annotated[
+        str, typer.Option(help="Scenario of the generated rows (those of `sandbox incident`, or none).")
+    ] = "none",
     severity: Annotated[float, typer.Option(help="Scenario strength, 0..3.")] = 1.0,
     label_delay: Annotated[
         float | None, typer.Option(help="Send each row's true label to the monitor this many seconds later.")
@@ -427,7 +429,10 @@ def traffic(
 def incident(
     scenario: Annotated[
         str,
-        typer.Argument(help="covariate_shift | new_category | missing_values | concept_drift | label_shift"),
+        typer.Argument(
+            help="Drift (the world changed): covariate_shift | new_category | missing_values | concept_drift | "
+            "label_shift. Broken upstream (a human is paged, no retraining): unit_change | invalid_rows."
+        ),
     ],
     severity: Annotated[float, typer.Option(help="Scenario strength, 0..3.")] = 1.0,
     rps: Annotated[float, typer.Option(help="Requests per second.")] = 20,
