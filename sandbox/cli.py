@@ -534,7 +534,16 @@ def demo(
     as_json: Annotated[
         bool, typer.Option("--json", help="Last line: one JSON object with the timings.")
     ] = False,
-    scenario: Annotated[str, typer.Option(help="The incident: a drift scenario.")] = "covariate_shift",
+    story: Annotated[
+        str,
+        typer.Option(
+            help="covariate-shift: the world changes, the loop retrains and recovers. upstream-bug: a client "
+            "sends income in thousands, a human is paged, nothing retrains, the champion stays."
+        ),
+    ] = "covariate-shift",
+    scenario: Annotated[
+        str, typer.Option(help="The covariate-shift story's incident: a drift scenario.")
+    ] = "covariate_shift",
     severity: Annotated[float, typer.Option(help="Incident strength, 0..3.")] = 1.0,
     rps: Annotated[float, typer.Option(help="Traffic rate, requests/s.")] = 30.0,
     rows_per_request: Annotated[
@@ -544,12 +553,18 @@ def demo(
         float, typer.Option(help="Seconds each step may take before the demo gives up.")
     ] = 600.0,
 ) -> None:
-    """The whole loop, timed: up, train v1, clean traffic, incident, alert, retrain, v2 serves, alert resolves."""
+    """The whole loop, timed: up, train v1, clean traffic, incident, alert, retrain, v2 serves, alert resolves.
+
+    With --story upstream-bug: up, train v1, clean traffic, a unit change, DataQualityDegraded, a human
+    notified, retraining held, the fix, the alert resolves, v1 still the champion.
+    """
     from pipelines.data import DataError
     from pipelines.scenarios import check_scenario
-    from sandbox.demo import DEMO_ROWS_PER_REQUEST, Timeline, demo_settings, run_demo
+    from sandbox.demo import DEMO_ROWS_PER_REQUEST, STORIES, Timeline, demo_settings, run_demo
     from sandbox.traffic import check_traffic
 
+    if story not in STORIES:
+        fail(f"unknown story {story!r}; choose one of {', '.join(STORIES)} (see `sandbox demo --help`)")
     if rows_per_request is None:  # the default lives in sandbox.demo, imported here: it pulls in httpx
         rows_per_request = DEMO_ROWS_PER_REQUEST
     try:
@@ -569,7 +584,7 @@ def demo(
     with out.status("the demo...") as spinner:
         result = run_demo(
             settings, Timeline(on_event=on_event), scenario=scenario, severity=severity, rps=rps,
-            rows_per_request=rows_per_request, timeout=timeout, on_status=spinner.update,
+            rows_per_request=rows_per_request, timeout=timeout, on_status=spinner.update, story=story,
         )  # fmt: skip
     summary = result.summary()
     table = Table(title="the loop", show_header=False)
