@@ -243,6 +243,29 @@ def print_status(rows: list[dict]) -> None:
     console.print(table)
 
 
+PAGES_SHOWN = 5  # the latest human notifications and held retrainings `sandbox status` shows
+
+
+def print_pages(paged: list[dict], held: list[dict]) -> None:
+    """The human receiver's latest notifications and the retrainings held for bad data, newest first."""
+    from datetime import datetime
+
+    def when(ts: float) -> str:
+        return datetime.fromtimestamp(ts).strftime("%H:%M:%S")
+
+    for note in paged:
+        for alert in note["alerts"]:
+            colour = "red" if alert["status"] == "firing" else "green"
+            console.print(
+                f"[bold {colour}]paged[/] {when(note['received_at'])} {alert['alertname']} {alert['status']}: "
+                f"{alert['summary']} (runbook {alert['runbook'] or 'n/a'})"
+            )
+    for record in held:
+        console.print(
+            f"[yellow]retraining held[/] {when(record['at'])} {record['alertname']}: {record['reason']}"
+        )
+
+
 @app.command()
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object instead of a table.")] = False,
@@ -262,6 +285,8 @@ def status(
     champion = status_of.champion(settings) if "mlflow" in healthy else None
     served = status_of.served_model(settings) if "serving" in healthy else None
     alerts = status_of.firing_alerts(settings) if "alertmanager" in healthy else None
+    retrainer = (status_of.retrainer_status(settings) or {}) if "retrainer" in healthy else {}
+    paged, held = retrainer.get("notifications", [])[:PAGES_SHOWN], retrainer.get("held", [])[:PAGES_SHOWN]
     if as_json:
         print(
             json.dumps(
@@ -270,6 +295,8 @@ def status(
                     "champion": champion,
                     "served": served,
                     "alerts": alerts,
+                    "paged": paged,
+                    "held": held,
                     "home": str(settings.home),
                 }
             )
@@ -291,6 +318,7 @@ def status(
             )
         elif alerts is not None:
             console.print("no alert firing")
+        print_pages(paged, held)
     if not all(r["healthy"] for r in rows):
         raise typer.Exit(1)
 

@@ -312,3 +312,18 @@ def test_bad_input_to_the_human_receiver_is_422_with_the_reason_and_nothing_reco
     assert answer.status_code == 422 and needle in answer.json()["error"], answer.json()
     assert client.get("/api/status").json()["notifications"] == []
     assert not (settings.home / "retrainer" / "notifications.jsonl").exists()
+
+
+def test_sandbox_status_prints_the_pages_and_the_held_retrainings(settings):
+    from sandbox import cli
+
+    client = TestClient(create_app(settings, runner=RecordingRunner(), monitor=fake_monitor(FAILED, [])))
+    client.post("/notifications", json=page())
+    client.post("/alerts", json=notification())
+    status = client.get("/api/status").json()
+    with cli.console.capture() as captured:
+        cli.print_pages(status["notifications"], status["held"])
+    text = captured.get()
+    assert "paged" in text and "DataQualityDegraded firing: Data quality failed" in text
+    assert "docs/runbooks/DataQualityDegraded.md" in text
+    assert "retraining held" in text and "DataDriftDetected" in text and "x0.001" in text
