@@ -16,6 +16,11 @@ The mix rule (one place, documented in docs/retraining.md):
   (measured: 1,200 rows taken right away were 30 % pre-incident, and v2 still drifted).
   After the wait it takes the latest rows, whatever they are, and says so.
 - fewer than ``min_rows`` labelled records -> the run fails here, saying how to get labels.
+
+The clean rule: both are read with ``clean_only=true``, so the monitor leaves out every record
+received in a window that failed data quality (a unit change, a missing field, a flood of
+rejected rows) and every record it has not judged yet: a broken feed never trains a model or
+becomes its drift reference (docs/retraining.md, docs/data-quality.md).
 """
 
 from __future__ import annotations
@@ -32,9 +37,12 @@ from pipelines.features import LABEL, LOAN_SCHEMA, FeatureSchema
 def fetch_records(
     monitor_url: str, limit: int, labelled: bool, since: float | None = None, timeout: float = 30.0
 ) -> list[dict]:
-    """The latest ``limit`` records (received at or after ``since``) from the monitor's ``GET /api/records``."""
+    """The latest ``limit`` clean records (received at or after ``since``) from the monitor's ``GET /api/records``.
+
+    Clean: judged by the monitor, and not from a window that failed data quality (the clean rule).
+    """
     url = f"{monitor_url.rstrip('/')}/api/records"
-    params = {"limit": limit, "labelled": labelled, **({"since": since} if since else {})}
+    params = {"limit": limit, "labelled": labelled, "clean_only": True, **({"since": since} if since else {})}
     try:
         response = httpx.get(url, params=params, timeout=timeout)
         response.raise_for_status()

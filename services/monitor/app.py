@@ -1,8 +1,9 @@
 """The drift monitor's HTTP app (``uvicorn services.monitor.app:create_app --factory --port 8001``).
 
-- ``POST /ingest``: inference records (the DESIGN contract), at most 5,000 a call; answers
-  ``{"inserted", "duplicates"}`` only once they are committed. A known ``request_id`` is
-  stored once.
+- ``POST /ingest``: inference records (the DESIGN contract) and rows serving rejected
+  (``rejected``: reason, field, the raw row; docs/architecture.md), at most 5,000 of each a
+  call, at least one in all; answers ``{"inserted", "duplicates", "rejected"}`` only once they
+  are committed. A known ``request_id`` is stored once; rejected rows are never records.
 - ``POST /labels``: ``{"labels": [{"request_id", "label": 0|1}]}`` -> ``{"updated", "unknown"}``.
   Unknown ids are listed with 200 when at least one label was stored; when none of the ids
   is known the answer is 422 (nothing was stored, and a client that labels before the
@@ -13,8 +14,9 @@
 - ``GET /metrics`` (text/plain), ``/api/status`` (JSON), ``/`` (the status page, HTML),
   ``/reports/latest`` (Evidently's HTML report of the last judged window, rendered when first
   asked for), ``/healthz`` for probes.
-- ``GET /api/records?limit=N&labelled=true``: the latest stored records (the retrainer's
-  production data).
+- ``GET /api/records?limit=N&labelled=true&clean_only=true``: the latest stored records (the
+  retrainer's production data); ``clean_only`` leaves out records not judged yet and those of
+  windows that failed data quality.
 
 The evaluation loop is evaluator.py, the page status_page.py; this module only wires HTTP.
 """
@@ -24,11 +26,11 @@ from __future__ import annotations
 import logging
 import os
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Query
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, model_validator
 
 from sandbox.settings import Settings
 from services.common import (
@@ -42,6 +44,7 @@ from services.common import (
 )
 from services.monitor.drift import load_reference
 from services.monitor.evaluator import Monitor, MonitorConfig, MonitorMetrics
+from services.monitor.quality import REASONS
 from services.monitor.status_page import render_status_page
 from services.monitor.store import RecordStore
 
@@ -75,9 +78,29 @@ class Record(BaseModel):
     probability: float = Field(ge=0, le=1)
 
 
+class RejectedRow(BaseModel):
+    """A row (or a whole request) serving refused; ``row`` is what the client sent, possibly invalid."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    ts: float = Field(gt=0, allow_inf_nan=False, description="Unix seconds of the refusal")
+    reason: Literal[REASONS]  # type: ignore[valid-type]
+    field: Annotated[str, StringConstraints(max_length=128)] | None = Field(
+        None, description="The offending field (null: the request as a whole)"
+    )
+    row: dict[str, Any] | None = Field(None, max_length=256, description="The raw row, or null")
+
+
 class IngestBody(BaseModel):
     model_config = ConfigDict(strict=True)
-    records: list[Record] = Field(min_length=1, max_length=MAX_ITEMS_PER_CALL)
+    records: list[Record] = Field(default_factory=list, max_length=MAX_ITEMS_PER_CALL)
+    rejected: list[RejectedRow] = Field(default_factory=list, max_length=MAX_ITEMS_PER_CALL)
+
+    @model_validator(mode="after")
+    def something_to_store(self) -> IngestBody:
+        if not self.records and not self.rejected:
+            raise ValueError("nothing to ingest: send at least one item in records or rejected")
+        return self
 
 
 class Label(BaseModel):
@@ -94,6 +117,7 @@ class LabelsBody(BaseModel):
 class IngestResult(BaseModel):
     inserted: int
     duplicates: int
+    rejected: int = Field(description="Rejected rows stored")
 
 
 class LabelsResult(BaseModel):
@@ -135,7 +159,9 @@ def create_app(
     # A down MLflow must not hold the evaluator for minutes of retries (its default is 7, with backoff).
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    store = RecordStore(config.database(settings), synchronous=config.synchronous)
+    store = RecordStore(
+        config.database(settings), synchronous=config.synchronous, max_rejected=config.max_rejected_rows
+    )
     metrics = MonitorMetrics()
     monitor = Monitor(settings, config, store, metrics, reference_loader=reference_loader)
 
@@ -168,9 +194,12 @@ def create_app(
 
     @app.post("/ingest", responses=error_responses(400, 413, 415, 422))
     def ingest(body: IngestBody) -> IngestResult:
-        """Store inference records; 200 only after the commit. A known request_id counts as a duplicate."""
-        inserted, duplicates = monitor.ingest([r.model_dump() for r in body.records])
-        return IngestResult(inserted=inserted, duplicates=duplicates)
+        """Store inference records and rejected rows; 200 only after the commit. A known request_id counts
+        as a duplicate."""
+        inserted, duplicates, rejected = monitor.ingest(
+            [r.model_dump() for r in body.records], [r.model_dump() for r in body.rejected]
+        )
+        return IngestResult(inserted=inserted, duplicates=duplicates, rejected=rejected)
 
     @app.post(
         "/labels",
@@ -206,12 +235,24 @@ def create_app(
         limit: Annotated[int, Query(ge=1, le=MAX_EXPORT_ROWS)] = 5_000,
         labelled: bool = False,
         since: Annotated[float | None, Query(ge=0, description="received at or after (unix s)")] = None,
+        clean_only: Annotated[
+            bool,
+            Query(description="only records judged, outside every window that failed data quality"),
+        ] = False,
     ) -> RecordsPage:
         """The latest ``limit`` stored records, oldest first (``labelled=true``: only those with a label).
 
         The retrainer's production data: what serving saw, with the ground truth that came back.
+        ``clean_only=true`` (what retraining asks for): a record received after the last evaluation
+        or in a window that failed data quality is left out, so it never trains a model or becomes
+        a drift reference (docs/retraining.md).
         """
-        found = store.export(limit, labelled_only=labelled, since=since)
+        if clean_only:
+            found = store.export(
+                limit, labelled_only=labelled, since=since, clean_until=monitor.last_evaluated_at or 0.0
+            )
+        else:
+            found = store.export(limit, labelled_only=labelled, since=since)
         return RecordsPage(count=len(found), records=found)
 
     @app.get(

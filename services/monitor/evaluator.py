@@ -1,6 +1,6 @@
 """The monitor's evaluation loop and state: every ``interval_seconds`` the latest window (rows of
 the version that served the most recent record) is judged against that version's reference sample,
-the gauges are exported, the context of the status page (models, alerts, retraining) is refreshed.
+the data-quality checks (quality.py) run on the same window, the gauges are exported, the context of the status page (models, alerts, retraining) is refreshed.
 
 ``Monitor`` is what the HTTP app (app.py) calls: ``ingest``, ``label``, ``report``, ``status``.
 Its collaborators (store, metrics, reference loader) are passed in, so a test can give its own.
@@ -25,6 +25,7 @@ from pipelines.features import LOAN_SCHEMA, FeatureSchema
 from sandbox.settings import Settings
 from services.monitor.drift import drift_report_html, live_quality, load_reference, rows_of_latest_version
 from services.monitor.drift import evaluate_drift as run_drift
+from services.monitor.quality import Profile, QualityResult, QualityThresholds, evaluate_quality, profile
 from services.monitor.store import RecordStore
 
 log = logging.getLogger("sandbox.monitor")
@@ -37,7 +38,9 @@ HISTORY_KEYS = (
     "model_version",
     "drifted_features",
     "duration_seconds",
+    "quality_ok",
 )
+REJECTED_SAMPLE = 10
 
 
 def _setting(name: str):
@@ -60,6 +63,7 @@ class MonitorConfig:
     quality_window_seconds: float = 86_400.0  # labels arrive late: look further back than for drift
     max_body_bytes: int = _setting("max_body_bytes")
     synchronous: str = "NORMAL"  # see store.py: survives a process kill, not a power loss
+    max_rejected_rows: int = 10_000  # rejected rows kept (a sample for people, counts for the window)
     history: int = 50
 
     @classmethod
@@ -126,8 +130,27 @@ class MonitorMetrics:
         )
         self.labels = Counter("sandbox_monitor_labels", "Labels attached to stored records", registry=r)
         self.errors = Counter("sandbox_monitor_evaluation_errors", "Evaluations that failed", registry=r)
+        self.rejected = Counter(
+            "sandbox_monitor_rejected_rows", "Rejected rows reported by serving and stored", registry=r
+        )
+        self.quality_ok = Gauge(
+            "sandbox_data_quality_ok",
+            "1 if the last judged window passed every data-quality check, 0 if one failed (NaN: not judged)",
+            registry=r,
+        )
+        self.quality_failed = Gauge(
+            "sandbox_data_quality_failed",
+            "1 if the check failed on the last judged window (feature empty for table-level checks)",
+            ["check", "feature"],
+            registry=r,
+        )
+        self.rejected_share = Gauge(
+            "sandbox_data_quality_rejected_share",
+            "Rejected rows / all rows received in the last judged window's time span (NaN: not judged)",
+            registry=r,
+        )
         # Unknown until the first evaluation says otherwise: NaN never satisfies an alert threshold.
-        for gauge in (self.drift_share, self.accuracy, self.f1):
+        for gauge in (self.drift_share, self.accuracy, self.f1, self.quality_ok, self.rejected_share):
             gauge.set(math.nan)
 
 
@@ -160,6 +183,9 @@ class Monitor:
         self.settings, self.config, self.store, self.metrics = settings, config, store, metrics
         self.schema = schema
         self.reference_loader = reference_loader
+        self.thresholds = QualityThresholds.from_settings(settings)
+        self._profiles: dict[str, tuple[int, Profile]] = {}  # version -> (id of its reference, profile)
+        self.last_evaluated_at: float | None = None  # records received by then have been judged
         self.report_path = config.database(settings).parent / "reports" / "latest.html"
         self.lock = threading.Lock()
         self.latest: dict | None = None
@@ -174,17 +200,21 @@ class Monitor:
         self.alerts: list[dict] | None = None
         self.retraining: dict | None = None
         self.ingested_since_evaluation = 0
+        self.data_quality: dict | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     # Ingest side, called from request threads.
-    def ingest(self, records: list[dict]) -> tuple[int, int]:
+    def ingest(self, records: list[dict], rejected: list[dict] = ()) -> tuple[int, int, int]:
+        """Store records and rejected rows (records first: a retry after a failure dedups them)."""
         inserted, duplicates = self.store.insert_records(records)
+        stored_rejected = self.store.insert_rejected(rejected)
         self.metrics.ingested.inc(inserted)
         self.metrics.duplicates.inc(duplicates)
+        self.metrics.rejected.inc(stored_rejected)
         with self.lock:
             self.ingested_since_evaluation += inserted
-        return inserted, duplicates
+        return inserted, duplicates, stored_rejected
 
     def label(self, labels: list[dict]) -> tuple[int, list[str]]:
         updated, unknown = self.store.set_labels(labels)
@@ -202,6 +232,7 @@ class Monitor:
         if version is not None and len(rows) >= cfg.min_rows:
             reference = self.reference_loader(self.settings.mlflow_uri, self.settings.model_name, version)
         result = run_drift(rows, reference, self.schema, min_rows=cfg.min_rows, model_version=version)
+        data_quality, since, by_reason = self._data_quality(window, rows, version, reference, now)
         labelled = self.store.labelled(cfg.quality_window_rows, cfg.quality_window_seconds, now=now)
         if version is not None:
             labelled = labelled[labelled["model_version"].astype(str) == version]
@@ -214,9 +245,19 @@ class Monitor:
             "labelled_rows": len(labelled),
             "evaluated_at": now,
             "duration_seconds": round(duration, 3),
+            "quality_ok": data_quality.ok,
         }
         self._export(result, quality, len(labelled), duration, now)
+        self._export_quality(data_quality)
         with self.lock:
+            self.data_quality = {
+                **data_quality.to_dict(),
+                "evaluated_at": now,
+                "model_version": version,
+                "since": since,
+                "by_reason": by_reason,
+            }
+            self.last_evaluated_at = now
             ingested, self.ingested_since_evaluation = self.ingested_since_evaluation, 0
             if result.sufficient:
                 self._report_window = (rows, reference, now)
@@ -232,6 +273,58 @@ class Monitor:
             duration,
         )  # fmt: skip
         return summary
+
+    def _data_quality(self, window, rows, version, reference, now) -> tuple[QualityResult, float, dict]:
+        """The checks on this version's rows, with the rejected rows of the window's time span.
+
+        The span starts at the window's oldest record when the window is full, else it is the whole
+        ``window_seconds``: rejected and valid rows are then counted over the same time. A window
+        that fails marks that span in the store, so its records never become training data.
+        """
+        cfg = self.config
+        full = len(window) >= cfg.window_rows
+        since = float(window["received_at"].min()) if full else now - cfg.window_seconds
+        by_reason = self.store.rejected_counts(since)
+        found = evaluate_quality(
+            rows,
+            self._profile(version, reference),
+            self.schema,
+            self.thresholds,
+            min_rows=cfg.min_rows,
+            rejected=sum(by_reason.values()),
+            valid_in_span=len(window),
+            rejected_by_reason=by_reason,
+        )
+        if found.ok is False:
+            self.store.mark_quality_failed(since, now, sorted({f.check for f in found.failed}))
+            log.warning("data quality failed: %s", "; ".join(f.message for f in found.failed))
+        return found, since, by_reason
+
+    def _profile(self, version: str | None, reference: pd.DataFrame | None) -> Profile | None:
+        """The reference's profile, computed once a version (the loader caches the frame)."""
+        if version is None or reference is None or reference.empty:
+            return None
+        known = self._profiles.get(version)
+        if known is None or known[0] != id(reference):
+            if len(self._profiles) >= 16:
+                self._profiles.clear()
+            known = self._profiles[version] = (id(reference), profile(reference, self.schema))
+        return known[1]
+
+    def _export_quality(self, found: QualityResult) -> None:
+        m = self.metrics
+        m.quality_failed.clear()  # checks that did not run now have no stale flags
+        if found.ok is None:
+            m.quality_ok.set(math.nan)
+            m.rejected_share.set(math.nan)
+            return
+        m.quality_ok.set(1 if found.ok else 0)
+        failed = {(f.check, f.feature) for f in found.failed}
+        for check, feature in found.checked:
+            m.quality_failed.labels(check, feature or "").set(1 if (check, feature) in failed else 0)
+        for check, feature in failed:  # a failure always has its series, even if not listed as checked
+            m.quality_failed.labels(check, feature or "").set(1)
+        m.rejected_share.set(math.nan if found.rejected_share is None else found.rejected_share)
 
     def _export(self, result, quality: dict | None, labelled_rows: int, duration: float, now: float) -> None:
         m = self.metrics
@@ -386,12 +479,28 @@ class Monitor:
             latest, history = self.latest, list(self.history)
             models, alerts, report_at = self.models, self.alerts, self.report_generated_at
             retraining = self.retraining
+            data_quality = self.data_quality or {}
         return json_safe(
             {
                 "model_name": self.settings.model_name,
                 "models": models,
                 "drift": latest,
                 "report_generated_at": report_at,
+                "quality": {
+                    "ok": data_quality.get("ok"),
+                    "evaluated_at": data_quality.get("evaluated_at"),
+                    "rows": data_quality.get("rows", 0),
+                    "model_version": data_quality.get("model_version"),
+                    "rejected_share": data_quality.get("rejected_share"),
+                    "failed": data_quality.get("failed", []),
+                },
+                "rejected": {
+                    "rows": data_quality.get("rejected_rows", 0),
+                    "since": data_quality.get("since"),
+                    "by_reason": data_quality.get("by_reason", {}),
+                    "stored": self.store.rejected_stored(),
+                    "sample": self.store.rejected_sample(REJECTED_SAMPLE),
+                },
                 "history": history[::-1],  # newest first
                 "store": {"path": str(self.config.database(self.settings)), **counts},
                 "alerts": alerts,

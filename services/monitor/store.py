@@ -6,6 +6,12 @@ or ``kill -9`` of this process, which is what the ``/ingest`` acknowledgement
 promises; it does not survive a power loss or kernel crash (the last commits may
 roll back). Pass ``synchronous="FULL"`` to fsync every commit if that matters.
 
+Rejected input (rows serving refused, ``POST /ingest``'s ``rejected``) lives in a table of its
+own, bounded to the latest ``max_rejected`` rows: it is never a record, so it can never become
+training data or a drift reference. Windows that failed data quality are kept as merged time
+intervals (``quality_failures``); ``export(clean_only=True)`` leaves out every record received
+inside one (docs/retraining.md: the reference stays clean).
+
 Thread safety: one connection per thread (SQLite connections must not be shared
 while in use) and one lock around writes, so concurrent writers queue on the lock
 rather than spinning in SQLite's busy handler; readers never block writers in WAL.
@@ -47,11 +53,33 @@ CREATE TABLE IF NOT EXISTS records (
     received_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS records_received_at ON records (received_at);
+CREATE TABLE IF NOT EXISTS rejected (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    reason TEXT NOT NULL,
+    field TEXT NULL,
+    row TEXT NULL,
+    received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rejected_received_at ON rejected (received_at);
+CREATE TABLE IF NOT EXISTS quality_failures (
+    since REAL NOT NULL,
+    until REAL NOT NULL,
+    checks TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS quality_failures_since ON quality_failures (since);
 """
+DEFAULT_MAX_REJECTED = 10_000
 
 
 class RecordStore:
-    def __init__(self, path: str | Path, synchronous: str = "NORMAL", busy_timeout_ms: int = 10_000):
+    def __init__(
+        self,
+        path: str | Path,
+        synchronous: str = "NORMAL",
+        busy_timeout_ms: int = 10_000,
+        max_rejected: int = DEFAULT_MAX_REJECTED,
+    ):
         if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
             raise ValueError(
                 f"synchronous must be NORMAL, FULL or EXTRA (OFF is not durable), got {synchronous}"
@@ -60,6 +88,7 @@ class RecordStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.synchronous = synchronous.upper()
         self.busy_timeout_ms = busy_timeout_ms
+        self.max_rejected = max_rejected
         self._local = threading.local()
         self._write_lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
@@ -126,6 +155,98 @@ class RecordStore:
         inserted = self._write(work)
         return inserted, len(rows) - inserted
 
+    def insert_rejected(self, rejected: Iterable[dict], received_at: float | None = None) -> int:
+        """Store rejected rows (``reason``, ``field``, raw ``row``), then drop all but the latest ``max_rejected``."""
+        now = time.time() if received_at is None else received_at
+        rows = [
+            (
+                float(r["ts"]),
+                str(r["reason"]),
+                r.get("field"),
+                None if r.get("row") is None else json.dumps(r["row"], separators=(",", ":")),
+                now,
+            )
+            for r in rejected
+        ]
+        if not rows:
+            return 0
+
+        def work(conn):
+            conn.executemany(
+                "INSERT INTO rejected (ts, reason, field, row, received_at) VALUES (?, ?, ?, ?, ?)", rows
+            )
+            conn.execute(
+                "DELETE FROM rejected WHERE id <= (SELECT MAX(id) FROM rejected) - ?", (self.max_rejected,)
+            )
+            return len(rows)
+
+        return self._write(work)
+
+    def rejected_counts(self, since: float) -> dict[str, int]:
+        """Rejected rows received at or after ``since``, by reason."""
+        found = (
+            self._conn()
+            .execute("SELECT reason, COUNT(*) FROM rejected WHERE received_at >= ? GROUP BY reason", (since,))
+            .fetchall()
+        )
+        return {reason: int(count) for reason, count in found}
+
+    def rejected_sample(self, limit: int = 10) -> list[dict]:
+        """The latest ``limit`` rejected rows, newest first, with the offending field's value where there is one."""
+        found = (
+            self._conn()
+            .execute(
+                "SELECT ts, reason, field, row, received_at FROM rejected ORDER BY id DESC LIMIT ?", (limit,)
+            )
+            .fetchall()
+        )
+        out = []
+        for ts, reason, name, row, received_at in found:
+            raw = None if row is None else json.loads(row)
+            value = raw.get(name) if isinstance(raw, dict) and name is not None else None
+            out.append(
+                {
+                    "ts": ts,
+                    "received_at": received_at,
+                    "reason": reason,
+                    "field": name,
+                    "value": value,
+                    "row": raw,
+                }
+            )
+        return out
+
+    def mark_quality_failed(self, since: float, until: float, checks: list[str]) -> None:
+        """Records received in ``[since, until]`` came from a window that failed data quality.
+
+        Overlapping intervals are merged (consecutive windows overlap), so a long incident is one row.
+        """
+
+        def work(conn):
+            lo, hi, names = since, until, set(checks)
+            overlapping = conn.execute(
+                "SELECT rowid, since, until, checks FROM quality_failures WHERE since <= ? AND until >= ?",
+                (until, since),
+            ).fetchall()
+            for rowid, a, b, known in overlapping:
+                lo, hi = min(lo, a), max(hi, b)
+                names.update(json.loads(known))
+                conn.execute("DELETE FROM quality_failures WHERE rowid = ?", (rowid,))
+            conn.execute(
+                "INSERT INTO quality_failures (since, until, checks) VALUES (?, ?, ?)",
+                (lo, hi, json.dumps(sorted(names))),
+            )
+
+        self._write(work)
+
+    def quality_failures(self) -> list[dict]:
+        found = (
+            self._conn()
+            .execute("SELECT since, until, checks FROM quality_failures ORDER BY since")
+            .fetchall()
+        )
+        return [{"since": a, "until": b, "checks": json.loads(c)} for a, b, c in found]
+
     def set_labels(self, labels: Iterable[dict]) -> tuple[int, list[str]]:
         """Attach ground truth by request id. Returns (updated, unknown request ids); unknown ids are not kept."""
         pairs = [(int(item["label"]), item["request_id"]) for item in labels]
@@ -180,15 +301,32 @@ class RecordStore:
         since = -1.0 if max_age_seconds is None else (now or time.time()) - max_age_seconds
         return self._select("received_at >= ? AND label IS NOT NULL", (since,), max_rows)
 
-    def export(self, max_rows: int, labelled_only: bool = False, since: float | None = None) -> list[dict]:
-        """The latest ``max_rows`` records (received at or after ``since``), oldest first, for retraining."""
+    def export(
+        self,
+        max_rows: int,
+        labelled_only: bool = False,
+        since: float | None = None,
+        clean_until: float | None = None,
+    ) -> list[dict]:
+        """The latest ``max_rows`` records (received at or after ``since``), oldest first, for retraining.
+
+        With ``clean_until`` (the last evaluation's time): only records received by then, i.e.
+        judged, and outside every window that failed data quality.
+        """
         where = "WHERE received_at >= ?" + (" AND label IS NOT NULL" if labelled_only else "")
+        params: tuple = (-1.0 if since is None else float(since),)
+        if clean_until is not None:
+            where += (
+                " AND received_at <= ? AND NOT EXISTS (SELECT 1 FROM quality_failures q"
+                " WHERE q.since <= records.received_at AND q.until >= records.received_at)"
+            )
+            params += (float(clean_until),)
         rows = (
             self._conn()
             .execute(
                 "SELECT request_id, ts, model_version, features, prediction, probability, label, received_at "
                 f"FROM records {where} ORDER BY received_at DESC, rowid DESC LIMIT ?",
-                (-1.0 if since is None else float(since), int(max_rows)),
+                (*params, int(max_rows)),
             )
             .fetchall()
         )
@@ -201,6 +339,9 @@ class RecordStore:
     def counts(self) -> dict[str, int]:
         total, labelled = self._conn().execute("SELECT COUNT(*), COUNT(label) FROM records").fetchone()
         return {"records": int(total), "labelled": int(labelled)}
+
+    def rejected_stored(self) -> int:
+        return int(self._conn().execute("SELECT COUNT(*) FROM rejected").fetchone()[0])
 
     def ping(self) -> None:
         self._conn().execute("SELECT 1 FROM records LIMIT 1").fetchall()

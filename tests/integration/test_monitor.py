@@ -90,10 +90,11 @@ def records_of(frame: pd.DataFrame, version: str, flip_every: int = 0) -> list[d
     return out
 
 
-def ingest(url: str, records: list[dict], batch: int = 500) -> tuple[int, int]:
+def ingest(url: str, records: list[dict], batch: int = 500, rejected: list[dict] = ()) -> tuple[int, int]:
     inserted = duplicates = 0
     for start in range(0, len(records), batch):
-        response = httpx.post(f"{url}/ingest", json={"records": records[start : start + batch]}, timeout=60)
+        body = {"records": records[start : start + batch], **({"rejected": rejected} if start == 0 else {})}
+        response = httpx.post(f"{url}/ingest", json=body, timeout=60)
         assert response.status_code == 200, response.text
         inserted += response.json()["inserted"]
         duplicates += response.json()["duplicates"]
@@ -101,7 +102,8 @@ def ingest(url: str, records: list[dict], batch: int = 500) -> tuple[int, int]:
 
 
 def counts(url: str) -> dict:
-    return httpx.get(f"{url}/api/status", timeout=30).json()["store"]
+    status = httpx.get(f"{url}/api/status", timeout=30).json()
+    return {**status["store"], "rejected": status["rejected"]["stored"]}
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +173,12 @@ BAD_INPUT = [
     ("garbage JSON", "/ingest", {"content": b'{"records": [', "headers": JSON}, 422, "JSON decode error"),
     ("not an object", "/ingest", {"json": [1, 2]}, 422, "valid dictionary"),
     ("no records key", "/ingest", {"json": {"rows": []}}, 422, "records"),
-    ("empty batch", "/ingest", {"json": {"records": []}}, 422, "at least 1"),
+    ("empty batch", "/ingest", {"json": {"records": []}}, 422, "nothing to ingest"),
+    ("empty rejected too", "/ingest", {"json": {"records": [], "rejected": []}}, 422, "nothing to ingest"),
+    ("rejected: unknown reason", "/ingest", {"json": {"rejected": [{"ts": 1.0, "reason": "typo", "field": None, "row": None}]}}, 422, "rejected.0.reason"),
+    ("rejected: no ts", "/ingest", {"json": {"rejected": [{"reason": "other", "field": None, "row": None}]}}, 422, "rejected.0.ts"),
+    ("rejected: row a list", "/ingest", {"json": {"rejected": [{"ts": 1.0, "reason": "other", "field": None, "row": [1]}]}}, 422, "rejected.0.row"),
+    ("rejected: a bad one spoils the records too", "/ingest", {"json": {"records": [_valid()], "rejected": [{"ts": "now", "reason": "other"}]}}, 422, "rejected.0.ts"),
     ("prediction a string", "/ingest", {"json": {"records": [_valid(prediction="1")]}}, 422, "prediction"),
     ("prediction a bool", "/ingest", {"json": {"records": [_valid(prediction=True)]}}, 422, "prediction"),
     ("ts a string", "/ingest", {"json": {"records": [_valid(ts="yesterday")]}}, 422, "ts"),
@@ -184,7 +191,7 @@ BAD_INPUT = [
     ("feature value NaN", "/ingest", {"content": b'{"records": [' + _json(_valid(features={"age": "NAN_HERE"})).replace(b'"NAN_HERE"', b"NaN") + b"]}", "headers": JSON}, 422, "finite number"),
     ("body over 5 MiB", "/ingest", {"content": b" " * (5 * 1024 * 1024 + 1), "headers": JSON}, 413, "exceeds 5242880 bytes"),
     ("chunked body over 5 MiB", "/ingest", {"content": _chunked(*[b" " * 1024 * 1024] * 6), "headers": JSON}, 413, "exceeds 5242880 bytes"),
-    ("chunked body is read, then judged", "/ingest", {"content": _chunked(b'{"records": ', b"[]}"), "headers": JSON}, 422, "at least 1"),
+    ("chunked body is read, then judged", "/ingest", {"content": _chunked(b'{"records": ', b"[]}"), "headers": JSON}, 422, "nothing to ingest"),
     ("not JSON", "/ingest", {"content": b"records=1", "headers": {"content-type": "application/x-www-form-urlencoded"}}, 415, "application/json"),
     ("labels: not JSON", "/labels", {"content": b"x", "headers": {"content-type": "text/plain"}}, 415, "application/json"),
     ("labels: all ids unknown", "/labels", {"json": {"labels": [{"request_id": "nobody", "label": 1}]}}, 422, "none of the 1"),
@@ -307,6 +314,7 @@ def test_every_acknowledged_record_survives_kill_9(mlflow_server, version, tmp_p
             assert response.status_code == 200 and response.json() == {
                 "inserted": 0,
                 "duplicates": len(batch),
+                "rejected": 0,
             }
         # ... and exactly once in the database itself.
         with sqlite3.connect(home / "monitor" / "monitor.db") as db:
@@ -317,6 +325,75 @@ def test_every_acknowledged_record_survives_kill_9(mlflow_server, version, tmp_p
         for p in (proc, restarted):
             if p is not None:
                 stop_process_group(p)
+
+
+def test_data_quality_fails_on_a_unit_change_and_keeps_it_out_of_retraining(monitor, version):
+    """Income in thousands (inside the schema's range) plus rejected rows: quality fails, with numbers a
+    person can act on; drift is judged apart; the broken window never reaches the retrainer's data."""
+    from pipelines.production import fetch_records
+
+    def metrics():
+        return httpx.get(f"{monitor}/metrics", timeout=10).text
+
+    def quality_after(t0):
+        def judged():
+            quality = httpx.get(f"{monitor}/api/status", timeout=10).json()["quality"]
+            return (
+                quality["evaluated_at"] is not None
+                and quality["evaluated_at"] > t0
+                and quality["ok"] is not None
+            )
+
+        return judged
+
+    clean = records_of(generate_loans(2_000, seed=21), version)
+    t0 = time.time()
+    ingest(monitor, clean, batch=5_000)  # one call: no evaluation sees half a window
+    assert wait_until(quality_after(t0), timeout=120)
+    assert metric_value(metrics(), "sandbox_data_quality_ok") == 1
+    assert metric_value(metrics(), "sandbox_data_quality_failed", check="scale_shift", feature="income") == 0
+
+    frame = generate_loans(2_000, seed=22)
+    frame["income"] = (frame["income"] / 1_000).round(1)
+    broken = records_of(frame, version)
+    rejected = [
+        {"ts": time.time(), "reason": "out_of_range", "field": "income", "row": {**broken[0]["features"], "income": -5}}
+        for _ in range(300)
+    ]  # fmt: skip
+    t1 = time.time()
+    ingest(monitor, broken, batch=5_000, rejected=rejected)
+    assert wait_until(quality_after(t1), timeout=120)
+    text = metrics()
+    assert metric_value(text, "sandbox_data_quality_ok") == 0
+    assert metric_value(text, "sandbox_data_quality_failed", check="scale_shift", feature="income") == 1
+    assert metric_value(text, "sandbox_data_quality_failed", check="rejected_share", feature="") == 1
+    assert metric_value(text, "sandbox_data_quality_failed", check="scale_shift", feature="age") == 0
+    assert metric_value(text, "sandbox_data_quality_rejected_share") == pytest.approx(300 / 2_300)
+    assert metric_value(text, "sandbox_monitor_rejected_rows_total") >= 300
+
+    status = httpx.get(f"{monitor}/api/status", timeout=10).json()
+    quality = status["quality"]
+    assert set(quality) == {"ok", "evaluated_at", "rows", "model_version", "rejected_share", "failed"}
+    assert (quality["ok"], quality["rows"], quality["model_version"]) == (False, 2_000, version)
+    by_check = {f["check"]: f for f in quality["failed"]}
+    assert set(by_check) == {"scale_shift", "rejected_share"}
+    scale = by_check["scale_shift"]
+    assert set(scale) == {"check", "feature", "value", "reference", "threshold", "message"}
+    assert scale["feature"] == "income" and scale["value"] < 100 and scale["reference"] > 10_000
+    assert "in the reference, x0.001" in scale["message"]
+    assert by_check["rejected_share"]["feature"] is None
+    assert status["rejected"]["rows"] == 300 and status["rejected"]["by_reason"] == {"out_of_range": 300}
+    sample = status["rejected"]["sample"]
+    assert len(sample) == 10 and sample[0]["field"] == "income" and sample[0]["value"] == -5
+    page = httpx.get(f"{monitor}/", timeout=10).text
+    assert "FAILED" in page and "What the client actually sends" in page and "x0.001" in page
+
+    # The clean rule: what retraining reads has the clean window and nothing of the broken one.
+    exported = {r["request_id"] for r in fetch_records(monitor, 50_000, labelled=False)}
+    assert {r["request_id"] for r in clean} <= exported
+    assert not exported & {r["request_id"] for r in broken}
+    everything = httpx.get(f"{monitor}/api/records", params={"limit": 50_000}, timeout=30).json()["records"]
+    assert {r["request_id"] for r in broken} <= {r["request_id"] for r in everything}
 
 
 def test_monitor_config_takes_its_defaults_from_the_settings():
@@ -349,7 +426,11 @@ def test_the_app_judges_with_the_reference_loader_it_is_given(tmp_path):
         frame = apply_scenario(frame, scenario, 1.5, seed=31)
     sent = [{k: v for k, v in r.items() if k != "label"} for r in records_of(frame, "7")]
     with TestClient(app) as client:
-        assert client.post("/ingest", json={"records": sent}).json() == {"inserted": 600, "duplicates": 0}
+        assert client.post("/ingest", json={"records": sent}).json() == {
+            "inserted": 600,
+            "duplicates": 0,
+            "rejected": 0,
+        }
 
         def judged():
             return (client.get("/api/status").json()["drift"] or {}).get("verdict") == "drift"
