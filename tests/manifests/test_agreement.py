@@ -376,9 +376,7 @@ def test_every_metric_the_rules_and_dashboards_use_exists_in_the_services():
     for path in (MONITORING / "grafana" / "dashboards").glob("*.json"):
         exprs = re.findall(r'"expr"\s*:\s*"((?:[^"\\]|\\.)*)"', path.read_text())
         dashboards[path.name] = metric_names("\n".join(exprs))
-    # sandbox_data_quality_ok: exported by the monitor's data-quality checks (branch dq-monitor, built at
-    # the same time as the rule that reads it); drop this exception when that branch is merged.
-    missing = {name for name in used if not defined_in_code(name)} - {"sandbox_data_quality_ok"}
+    missing = {name for name in used if not defined_in_code(name)}
     missing |= {
         f"{board}: {name}"
         for board, names in dashboards.items()

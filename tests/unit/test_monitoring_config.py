@@ -105,13 +105,8 @@ def test_alertmanager_routes_retrain_alerts_to_the_retrainer_and_pages_to_a_huma
 def test_every_sandbox_metric_a_rule_uses_is_exported_by_a_service():
     used = set(re.findall(r"\b(sandbox_[a-z_]+)\b", RULES.read_text()))
     source = "\n".join(p.read_text() for p in Path(REPO_ROOT / "services").rglob("*.py"))
-    missing = [name for name in used if f'"{name}"' not in source and name not in FROM_DQ_MONITOR]
+    missing = [name for name in used if f'"{name}"' not in source]
     assert used and not missing, missing
-
-
-# Exported by the monitor's data-quality checks, built on branch dq-monitor at the same time as the
-# rules that read it: remove this once that branch is merged (the test above then finds it in the code).
-FROM_DQ_MONITOR = {"sandbox_data_quality_ok"}
 
 
 def test_data_quality_alerts_page_and_inhibit_every_retrain_alert():
