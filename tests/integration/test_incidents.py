@@ -52,8 +52,13 @@ REJECTIONS_ALERT = "InputRejectionsHigh"
 def demo(tmp_path_factory):
     if not (shutil.which("prometheus") and alertmanager_binary()):
         pytest.fail("needs Prometheus and Alertmanager: run `make setup` (Debian: apt-get install prometheus prometheus-alertmanager)")  # fmt: skip
-    ports = {f"{name}_port": free_port() for name in ("mlflow", "serving", "monitor", "retrainer", "prometheus", "alertmanager")}  # fmt: skip
-    settings = demo_settings(Settings(home=tmp_path_factory.mktemp("incidents"), **ports))
+    # The services read their settings from the environment supervisord passes on: a stack of its own.
+    names = ("mlflow", "serving", "monitor", "retrainer", "prometheus", "alertmanager")
+    env = pytest.MonkeyPatch()
+    env.setenv("SANDBOX_HOME", str(tmp_path_factory.mktemp("incidents")))
+    for name in names:
+        env.setenv(f"SANDBOX_{name.upper()}_PORT", str(free_port()))
+    settings = demo_settings(Settings())
     timeline = Timeline(on_event=lambda e: print(f"{e['t']:7.1f}s  {e['event']}  {e['detail']}"))
     story = Demo(settings, timeline, timeout=420, on_status=print)
     try:
@@ -63,6 +68,7 @@ def demo(tmp_path_factory):
     finally:
         story.stop_traffic()
         local_stack.down(settings)
+        env.undo()
 
 
 def firing(settings: Settings) -> set[str]:
@@ -91,7 +97,10 @@ def test_2_an_invalid_rows_flood_pages_a_human_and_retrains_nothing(demo):
     # DataQualityDegraded may have fired as well; both resolve (InputRejectionsHigh once its 5-minute
     # window is clean) before the next incident, whose alerts must fire anew.
     demo.wait(
-        "rejections resolve", lambda: not firing(settings) & {REJECTIONS_ALERT, QUALITY_ALERT}, 480, interval=2
+        "rejections resolve",
+        lambda: not firing(settings) & {REJECTIONS_ALERT, QUALITY_ALERT},
+        480,
+        interval=2,
     )
 
 
