@@ -13,6 +13,13 @@ Each scenario takes a frame in the loan schema and a ``severity`` (0 = no change
   applicants with a good score (>= 700) now default. Features are untouched.
 - ``label_shift``: P(default) rises by ``severity`` x (1 - base rate) x 0.5 through
   resampling, P(x | y) unchanged.
+- ``unit_change``: an upstream bug, not a changed world: ``min(severity, 1)`` of rows send
+  ``income`` in thousands of USD instead of USD (x 0.001). Every value stays inside the schema's
+  range, so serving accepts the rows; only the monitor's data-quality checks can tell. Labels are
+  untouched (the applicants did not change, their paperwork did).
+
+Traffic adds one incident of its own, ``invalid_rows`` (sandbox/traffic.py): rows that fail serving's
+validation cannot be a training frame.
 """
 
 from __future__ import annotations
@@ -23,12 +30,15 @@ import pandas as pd
 from pipelines.data import DataError
 from pipelines.features import LABEL, LOAN_SCHEMA
 
-SCENARIOS = ("none", "covariate_shift", "new_category", "missing_values", "concept_drift", "label_shift")
+SCENARIOS = (
+    "none", "covariate_shift", "new_category", "missing_values", "concept_drift", "label_shift", "unit_change",
+)  # fmt: skip
 
 COVARIATE_SHIFT = {"credit_score": -1.0, "debt_to_income": +1.0}  # direction, in standard deviations
 NEW_CATEGORY = ("region", "overseas")
 MISSING_COLUMNS = ("income", "employment_years", "credit_score")
-FRACTION_PER_SEVERITY = {"new_category": 0.3, "missing_values": 0.3, "concept_drift": 0.5}
+UNIT_CHANGE = {"income": 0.001}  # feature -> factor: USD sent as thousands of USD
+FRACTION_PER_SEVERITY = {"new_category": 0.3, "missing_values": 0.3, "concept_drift": 0.5, "unit_change": 1.0}
 
 
 def affected_fraction(scenario: str, severity: float) -> float:
@@ -75,6 +85,11 @@ def apply_scenario(
         for col in MISSING_COLUMNS:
             out[col] = out[col].astype(float)
             out.loc[rng.random(len(out)) < affected_fraction(scenario, severity), col] = np.nan
+    elif scenario == "unit_change":
+        changed = rng.random(len(out)) < affected_fraction(scenario, severity)
+        for col, factor in UNIT_CHANGE.items():
+            out[col] = out[col].astype(float)
+            out.loc[changed, col] = out.loc[changed, col] * factor
     elif scenario == "concept_drift":
         flip = (
             (out[LABEL] == 0)

@@ -243,6 +243,29 @@ def print_status(rows: list[dict]) -> None:
     console.print(table)
 
 
+PAGES_SHOWN = 5  # the latest human notifications and held retrainings `sandbox status` shows
+
+
+def print_pages(paged: list[dict], held: list[dict]) -> None:
+    """The human receiver's latest notifications and the retrainings held for bad data, newest first."""
+    from datetime import datetime
+
+    def when(ts: float) -> str:
+        return datetime.fromtimestamp(ts).strftime("%H:%M:%S")
+
+    for note in paged:
+        for alert in note["alerts"]:
+            colour = "red" if alert["status"] == "firing" else "green"
+            console.print(
+                f"[bold {colour}]paged[/] {when(note['received_at'])} {alert['alertname']} {alert['status']}: "
+                f"{alert['summary']} (runbook {alert['runbook'] or 'n/a'})"
+            )
+    for record in held:
+        console.print(
+            f"[yellow]retraining held[/] {when(record['at'])} {record['alertname']}: {record['reason']}"
+        )
+
+
 @app.command()
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object instead of a table.")] = False,
@@ -262,6 +285,8 @@ def status(
     champion = status_of.champion(settings) if "mlflow" in healthy else None
     served = status_of.served_model(settings) if "serving" in healthy else None
     alerts = status_of.firing_alerts(settings) if "alertmanager" in healthy else None
+    retrainer = (status_of.retrainer_status(settings) or {}) if "retrainer" in healthy else {}
+    paged, held = retrainer.get("notifications", [])[:PAGES_SHOWN], retrainer.get("held", [])[:PAGES_SHOWN]
     if as_json:
         print(
             json.dumps(
@@ -270,6 +295,8 @@ def status(
                     "champion": champion,
                     "served": served,
                     "alerts": alerts,
+                    "paged": paged,
+                    "held": held,
                     "home": str(settings.home),
                 }
             )
@@ -291,6 +318,7 @@ def status(
             )
         elif alerts is not None:
             console.print("no alert firing")
+        print_pages(paged, held)
     if not all(r["healthy"] for r in rows):
         raise typer.Exit(1)
 
@@ -410,7 +438,9 @@ def send_traffic(
 def traffic(
     rps: Annotated[float, typer.Option(help="Requests per second (at most 500).")] = 10,
     duration: Annotated[float, typer.Option(help="Seconds to run (at most 3600).")] = 60,
-    scenario: Annotated[str, typer.Option(help="Drift scenario of the generated rows.")] = "none",
+    scenario: Annotated[
+        str, typer.Option(help="Scenario of the generated rows (those of `sandbox incident`, or none).")
+    ] = "none",
     severity: Annotated[float, typer.Option(help="Scenario strength, 0..3.")] = 1.0,
     label_delay: Annotated[
         float | None, typer.Option(help="Send each row's true label to the monitor this many seconds later.")
@@ -427,7 +457,10 @@ def traffic(
 def incident(
     scenario: Annotated[
         str,
-        typer.Argument(help="covariate_shift | new_category | missing_values | concept_drift | label_shift"),
+        typer.Argument(
+            help="Drift (the world changed): covariate_shift | new_category | missing_values | concept_drift | "
+            "label_shift. Broken upstream (a human is paged, no retraining): unit_change | invalid_rows."
+        ),
     ],
     severity: Annotated[float, typer.Option(help="Scenario strength, 0..3.")] = 1.0,
     rps: Annotated[float, typer.Option(help="Requests per second.")] = 20,
@@ -529,7 +562,16 @@ def demo(
     as_json: Annotated[
         bool, typer.Option("--json", help="Last line: one JSON object with the timings.")
     ] = False,
-    scenario: Annotated[str, typer.Option(help="The incident: a drift scenario.")] = "covariate_shift",
+    story: Annotated[
+        str,
+        typer.Option(
+            help="covariate-shift: the world changes, the loop retrains and recovers. upstream-bug: a client "
+            "sends income in thousands, a human is paged, nothing retrains, the champion stays."
+        ),
+    ] = "covariate-shift",
+    scenario: Annotated[
+        str, typer.Option(help="The covariate-shift story's incident: a drift scenario.")
+    ] = "covariate_shift",
     severity: Annotated[float, typer.Option(help="Incident strength, 0..3.")] = 1.0,
     rps: Annotated[float, typer.Option(help="Traffic rate, requests/s.")] = 30.0,
     rows_per_request: Annotated[
@@ -539,12 +581,18 @@ def demo(
         float, typer.Option(help="Seconds each step may take before the demo gives up.")
     ] = 600.0,
 ) -> None:
-    """The whole loop, timed: up, train v1, clean traffic, incident, alert, retrain, v2 serves, alert resolves."""
+    """The whole loop, timed: up, train v1, clean traffic, incident, alert, retrain, v2 serves, alert resolves.
+
+    With --story upstream-bug: up, train v1, clean traffic, a unit change, DataQualityDegraded, a human
+    notified, retraining held, the fix, the alert resolves, v1 still the champion.
+    """
     from pipelines.data import DataError
     from pipelines.scenarios import check_scenario
-    from sandbox.demo import DEMO_ROWS_PER_REQUEST, Timeline, demo_settings, run_demo
+    from sandbox.demo import DEMO_ROWS_PER_REQUEST, STORIES, Timeline, demo_settings, run_demo
     from sandbox.traffic import check_traffic
 
+    if story not in STORIES:
+        fail(f"unknown story {story!r}; choose one of {', '.join(STORIES)} (see `sandbox demo --help`)")
     if rows_per_request is None:  # the default lives in sandbox.demo, imported here: it pulls in httpx
         rows_per_request = DEMO_ROWS_PER_REQUEST
     try:
@@ -564,7 +612,7 @@ def demo(
     with out.status("the demo...") as spinner:
         result = run_demo(
             settings, Timeline(on_event=on_event), scenario=scenario, severity=severity, rps=rps,
-            rows_per_request=rows_per_request, timeout=timeout, on_status=spinner.update,
+            rows_per_request=rows_per_request, timeout=timeout, on_status=spinner.update, story=story,
         )  # fmt: skip
     summary = result.summary()
     table = Table(title="the loop", show_header=False)

@@ -6,6 +6,12 @@ on v2's traffic is judged "no drift" -> the alert resolves. Each step waits for 
 signal (Prometheus, MLflow, serving's /model, the monitor's verdict), never for a fixed time,
 and the report plots what Prometheus recorded over the run.
 
+The second story (``--story upstream-bug``) is the loop refusing to learn a bug: up -> train v1 ->
+clean traffic -> a client starts sending income in thousands (``unit_change``, every value still in
+range) -> DataQualityDegraded fires -> a human is notified and the retraining is held (Alertmanager's
+inhibit rule, or the retrainer's own check) -> the client is fixed -> the alert resolves -> the
+champion is still v1 and nothing was retrained.
+
 The demo runs the stack with a *profile* of short intervals (``DEMO_OVERRIDES``): it is written
 into the services' supervisord environment, so a later ``sandbox up`` goes back to the defaults.
 """
@@ -22,7 +28,14 @@ import httpx
 from pipelines.params import TrainResult
 from sandbox.background import Background, BackgroundDied
 from sandbox.settings import Settings
-from sandbox.status import alert_firing, monitor_status, retrainer_status, served_version
+from sandbox.status import (
+    alert_firing,
+    champion,
+    inhibited_alerts,
+    monitor_status,
+    retrainer_status,
+    served_version,
+)
 from sandbox.traffic import MAX_DURATION_S, TrafficControl, TrafficSummary, as_dict, run_traffic
 
 # Short intervals so the story takes minutes: the monitor judges every 5 s, the alert needs 10 s
@@ -37,13 +50,20 @@ DEMO_OVERRIDES: dict = {
     "retrain_cooldown_seconds": 180,
     "retrain_min_production_rows": 300,
     "retrain_drift_reference_rows": 2000,
-    "alert_for_overrides": {"DataDriftDetected": "10s"},
+    "alert_for_overrides": {
+        "DataDriftDetected": "10s",
+        "DataQualityDegraded": "10s",
+        "InputRejectionsHigh": "10s",
+    },
     "alertmanager_group_wait": "1s",
     "alertmanager_group_interval": "5s",
 }
 # The services read these from their environment; Prometheus and Alertmanager get rendered files.
 SERVICE_KEYS = ("monitor_", "serving_poll", "retrain_")
 ALERT = "DataDriftDetected"
+QUALITY_ALERT = "DataQualityDegraded"
+STORIES = ("covariate-shift", "upstream-bug")
+UPSTREAM_BUG = "unit_change"  # the incident of the upstream-bug story
 # Rows arrive twice as fast as requests: every wait on data (the windows the monitor judges, the
 # rows served after the alert that become v2's reference) takes half as long, at a request rate
 # the one-connection traffic client keeps up with on a busy 2-core machine.
@@ -107,6 +127,26 @@ def retraining_done(settings: Settings, run_id: str) -> dict | None:
     return last if status["running"] is None and last and last["id"] == run_id else None
 
 
+def paged_since(settings: Settings, alertname: str, since: float) -> dict | None:
+    """The first firing notification of ``alertname`` the human receiver got after ``since``."""
+    for note in reversed((retrainer_status(settings) or {}).get("notifications", [])):
+        fired = [a for a in note["alerts"] if a["alertname"] == alertname and a["status"] == "firing"]
+        if note["received_at"] > since and fired:
+            return {**note, "alert": fired[0]}
+    return None
+
+
+def retraining_held(settings: Settings, since: float) -> str | None:
+    """How a retraining was held since ``since``: the retrainer's own check, or Alertmanager's inhibit rule."""
+    held = [h for h in (retrainer_status(settings) or {}).get("held", []) if h["at"] > since]
+    if held:
+        return f"the retrainer held {held[-1]['alertname']}: {held[-1]['reason']}"
+    inhibited = [a for a in inhibited_alerts(settings) or [] if a["action"] == "retrain"]
+    if inhibited:
+        return f"Alertmanager inhibits {inhibited[0]['name']} (inhibited by {QUALITY_ALERT})"
+    return None
+
+
 def verdict_on(settings: Settings, version: str, after: float) -> dict | None:
     """The monitor's latest sufficient verdict on ``version`` made after ``after``, if any."""
     drift = (monitor_status(settings) or {}).get("drift")
@@ -129,6 +169,9 @@ class DemoResult:
     time_to_detect_s: float | None = None
     time_to_retrain_s: float | None = None
     time_to_recover_s: float | None = None
+    quality_alert_s: float | None = None  # upstream-bug: incident -> DataQualityDegraded firing
+    retrained: bool | None = None  # whether any retraining ran because of the incident
+    story: str = "covariate-shift"
     champion_before: str | None = None
     champion_after: str | None = None
     requests: int = 0
@@ -141,8 +184,9 @@ class DemoResult:
 
     def summary(self) -> dict:
         """What ``sandbox demo --json`` prints: the timings, the versions, requests and failures."""
-        keys = ["completed", "time_to_detect_s", "time_to_retrain_s", "time_to_recover_s", "champion_before",
-                "champion_after", "requests", "failed_requests", "report"]  # fmt: skip
+        keys = ["completed", "story", "time_to_detect_s", "time_to_retrain_s", "time_to_recover_s",
+                "quality_alert_s", "retrained", "champion_before", "champion_after", "requests", "failed_requests",
+                "report"]  # fmt: skip
         if not self.completed:
             keys += ["failed_step", "error"]
         return {key: getattr(self, key) for key in keys}
@@ -167,7 +211,10 @@ class Demo:
         timeout: float = 600.0,
         on_status: Callable[[str], None] = lambda message: None,
         train_step: Callable[[Settings], TrainResult] | None = None,
+        story: str = "covariate-shift",
     ):
+        if story not in STORIES:
+            raise ValueError(f"unknown story {story!r}; choose one of {', '.join(STORIES)}")
         self.settings, self.timeline, self.on_status = settings, timeline, on_status
         self.scenario, self.severity, self.rps, self.rows_per_request = (
             scenario,
@@ -177,7 +224,8 @@ class Demo:
         )
         self.clean_evaluations, self.timeout = clean_evaluations, timeout
         self.train_step = train_step or train_v1
-        self.result = DemoResult(completed=False, events=timeline.events)
+        self.story = story
+        self.result = DemoResult(completed=False, events=timeline.events, story=story)
         self.control = TrafficControl()
         self.traffic: Background | None = None
         # Seconds to fill one window the monitor judges, at the demo's row rate.
@@ -203,10 +251,16 @@ class Demo:
             time.sleep(interval)
         raise DemoError(step, f"did not happen within {timeout:.0f}s{'; ' + hint if hint else ''}")
 
+    def steps(self) -> list[Callable[[], None]]:
+        """The story's steps in order: the first four are the same for both stories."""
+        opening = [self.start_stack, self.train_v1, self.start_traffic, self.clean_traffic]
+        if self.story == "upstream-bug":
+            return [*opening, self.upstream_bug, self.retraining_held, self.upstream_fixed]
+        return [*opening, self.incident, self.retraining, self.recovery]
+
     def run(self) -> DemoResult:
         try:
-            for step in (self.start_stack, self.train_v1, self.start_traffic, self.clean_traffic,
-                         self.incident, self.retraining, self.recovery):  # fmt: skip
+            for step in self.steps():
                 step()
             self.result.completed = True
         except DemoError as exc:
@@ -215,7 +269,8 @@ class Demo:
         finally:
             self.stop_traffic()
         try:
-            self.result.report = str(write_report(self.settings, self.timeline, self.result))
+            alert = QUALITY_ALERT if self.story == "upstream-bug" else ALERT
+            self.result.report = str(write_report(self.settings, self.timeline, self.result, alert=alert))
         except (httpx.HTTPError, OSError, KeyError, ValueError) as exc:  # the story stands without its plots
             self.timeline.add("report failed", str(exc)[:200])
         return self.result
@@ -295,18 +350,82 @@ class Demo:
         self.wait("clean traffic", clean_verdicts, self.fill + self.timeout / 4)
         self.timeline.add("clean: no drift", f"{len(verdicts)} verdicts, drift share 0, no alert")
 
-    def incident(self) -> None:
-        self.control.switch(self.scenario, self.severity)
-        self.incident_at = self.timeline.add("incident", f"{self.scenario} (severity {self.severity:g})")
-        self.on_status(f"incident {self.scenario}: waiting for {ALERT} to fire in Prometheus...")
+    def start_incident(self, scenario: str, alert: str) -> float:
+        """Switch the traffic to ``scenario`` and wait for ``alert`` to fire; returns seconds to detect."""
+        self.control.switch(scenario, self.severity)
+        self.incident_at = self.timeline.add("incident", f"{scenario} (severity {self.severity:g})")
+        self.on_status(f"incident {scenario}: waiting for {alert} to fire in Prometheus...")
         detected = self.wait(
             "alert fires",
-            lambda: alert_firing(self.settings, ALERT) and time.time(),
+            lambda: alert_firing(self.settings, alert) and time.time(),
             self.timeout,
             interval=0.5,
         )
-        self.detected_at = self.timeline.add(f"{ALERT} firing", at=detected)
-        self.result.time_to_detect_s = round(detected - self.incident_at, 1)
+        self.detected_at = self.timeline.add(f"{alert} firing", at=detected)
+        return round(detected - self.incident_at, 1)
+
+    def incident(self) -> None:
+        self.result.time_to_detect_s = self.start_incident(self.scenario, ALERT)
+
+    def upstream_bug(self) -> None:
+        self.result.quality_alert_s = self.result.time_to_detect_s = self.start_incident(
+            UPSTREAM_BUG, QUALITY_ALERT
+        )
+
+    def no_retraining(self, step: str) -> None:
+        """The upstream-bug story fails at once if anything retrains on the broken data."""
+        if run := retraining_since(self.settings, self.incident_at):
+            self.result.retrained = True
+            raise DemoError(step, f"{run['id']} ({run['alertname']}) started retraining on broken data")
+
+    def retraining_held(self) -> None:
+        settings = self.settings
+        self.on_status("waiting for the human notification and for the retraining to be held...")
+
+        def paged() -> dict | None:
+            self.no_retraining("human notified")
+            return paged_since(settings, QUALITY_ALERT, self.incident_at)
+
+        note = self.wait("human notified", paged, 120, interval=0.5,
+                         hint=f"see {settings.logs_dir / 'alertmanager.log'} and {settings.logs_dir / 'retrainer.log'}")  # fmt: skip
+        self.timeline.add(
+            "human notified", f"{note['receiver']}: {note['alert']['summary']}", at=note["received_at"]
+        )
+
+        def held() -> str | None:
+            self.no_retraining("retraining held: data quality")
+            return retraining_held(settings, self.incident_at)
+
+        how = self.wait("retraining held: data quality", held, self.fill + self.timeout / 4, interval=0.5)
+        self.timeline.add("retraining held: data quality", how)
+
+    def upstream_fixed(self) -> None:
+        settings, v1 = self.settings, self.result.champion_before
+        self.control.switch("none")
+        self.timeline.add("incident ends", "the client sends income in USD again")
+        self.on_status(f"upstream fixed: waiting for {QUALITY_ALERT} (and any drift) to resolve...")
+
+        def resolved() -> float | bool:
+            self.no_retraining(f"{QUALITY_ALERT} resolves")
+            return (
+                not alert_firing(settings, QUALITY_ALERT)
+                and not alert_firing(settings, ALERT)
+                and time.time()
+            )
+
+        at = self.wait(f"{QUALITY_ALERT} resolves", resolved, self.fill + self.timeout / 2)
+        self.timeline.add(f"{QUALITY_ALERT} resolved", at=at)
+        self.result.time_to_recover_s = round(at - self.incident_at, 1)
+        self.no_retraining("champion unchanged")
+        self.result.retrained = False
+        after = (champion(settings) or {}).get("version")
+        self.result.champion_after = after
+        if after != v1 or served_version(settings) != v1:
+            raise DemoError(
+                "champion unchanged",
+                f"the champion is v{after}, serving v{served_version(settings)}, not v{v1}",
+            )
+        self.timeline.add("champion unchanged", f"v{v1}, nothing retrained")
 
     def retraining(self) -> None:
         settings = self.settings
@@ -329,6 +448,7 @@ class Demo:
                 + ("" if "full log" in (finished.get("error") or "") else f" (log: {finished.get('log')})"),
             )
         self.result.champion_after = finished["model_version"]
+        self.result.retrained = True
         promoted = self.timeline.add(
             "v2 champion",
             f"v{self.result.champion_after}: {finished['gate_reason']}",
@@ -368,7 +488,7 @@ def train_v1(settings: Settings) -> TrainResult:
 # --- the report -----------------------------------------------------------------------------------
 
 
-def write_report(settings: Settings, timeline: Timeline, result: DemoResult) -> Path:
+def write_report(settings: Settings, timeline: Timeline, result: DemoResult, alert: str = ALERT) -> Path:
     """The story as an HTML page (sandbox/report.py), once Prometheus holds the last evaluation."""
     from dataclasses import asdict
 
@@ -381,7 +501,7 @@ def write_report(settings: Settings, timeline: Timeline, result: DemoResult) -> 
         asdict(result),
         prometheus_query_range(settings.prometheus_url),
         started=timeline.started,
-        alert=ALERT,
+        alert=alert,
         # One more evaluation and its scrape (5 s), with slack for a busy machine.
         final_scrape_timeout=settings.monitor_interval_seconds + 20,
     )

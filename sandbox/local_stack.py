@@ -21,6 +21,7 @@ import xmlrpc.client
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 import httpx
 import psutil
@@ -104,8 +105,8 @@ def render_monitoring_config(settings: Settings) -> tuple[Path, Path]:
             for route in alertmanager["route"].get("routes", []):
                 route[key] = value
     for receiver in alertmanager["receivers"]:
-        for hook in receiver.get("webhook_configs", []):
-            hook["url"] = f"http://{settings.host}:{settings.retrainer_port}/alerts"
+        for hook in receiver.get("webhook_configs", []):  # the retrainer's endpoints: /alerts, /notifications
+            hook["url"] = f"http://{settings.host}:{settings.retrainer_port}{urlparse(hook['url']).path}"
     paths = (
         settings.home / "prometheus" / "prometheus.yml",
         settings.home / "alertmanager" / "alertmanager.yml",

@@ -63,6 +63,13 @@ class Settings(BaseSettings):
     # measured by tests/chaos with 2 busy cores; 3 retries, 1.4 s, dropped the records of a restart).
     feed_max_retries: int = 7
     feed_timeout_seconds: float = 2.0
+    # Refused /predict requests: every one is counted; a sample of them goes to the monitor so its
+    # status page shows what the client sends. Bounded so a flood of bad requests costs little: at most
+    # this many refused requests wait per worker (each flush, ~0.5 s), in at most this many bytes of
+    # request body (a 1,000-row request is ~250 KB), each giving at most this many rejected rows.
+    feed_rejected_queue_size: int = 100
+    feed_rejected_queue_bytes: int = 4_194_304
+    feed_rejected_sample_rows: int = 10
     # Drift monitor (services/monitor). The window needs >= monitor_min_rows rows of one model
     # version before drift is judged (smaller windows raise false flags, see services/monitor/drift.py).
     monitor_db_path: Path | None = None  # default: <home>/monitor/monitor.db

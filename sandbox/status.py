@@ -78,6 +78,22 @@ def firing_alerts(settings: Settings) -> list[dict] | None:
     ]
 
 
+def inhibited_alerts(settings: Settings) -> list[dict] | None:
+    """Alerts Alertmanager holds back by an inhibit rule (name, action label, by whom); None when it does not answer."""
+    alerts = _get_json(f"{settings.alertmanager_url}/api/v2/alerts", active="true", inhibited="true")
+    if alerts is None:
+        return None
+    return [
+        {
+            "name": a["labels"].get("alertname"),
+            "action": a["labels"].get("action"),
+            "by": a["status"]["inhibitedBy"],
+        }
+        for a in alerts
+        if a.get("status", {}).get("inhibitedBy")
+    ]
+
+
 def alert_firing(settings: Settings, alertname: str) -> bool:
     """Whether Prometheus has ``alertname`` firing now (its ALERTS series)."""
     query = f'ALERTS{{alertname="{alertname}", alertstate="firing"}}'

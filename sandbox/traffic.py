@@ -2,6 +2,10 @@
 
 The rows come from the same generator and drift scenarios as training data, so an incident is a
 scenario switched on in live traffic. Bounded in rate and time, and loopback only.
+
+One incident exists only here: ``invalid_rows`` sends ``0.3 x severity`` of the rows (at most all)
+broken the way a buggy client breaks them, out of the schema's range or of the wrong type
+(``INVALID_VALUES``, in turn). Serving refuses them (400), so they are sent raw, never as a frame.
 """
 
 from __future__ import annotations
@@ -18,10 +22,27 @@ import httpx
 
 from pipelines.data import DataError, default_rule, generate_loans
 from pipelines.features import LABEL, LOAN_SCHEMA
-from pipelines.scenarios import apply_scenario, check_scenario
+from pipelines.scenarios import SCENARIOS, apply_scenario, check_scenario
 from sandbox.settings import Settings
 
 MAX_RPS, MAX_DURATION_S = 500.0, 3600.0
+INVALID_ROWS = "invalid_rows"
+TRAFFIC_SCENARIOS = (*SCENARIOS, INVALID_ROWS)
+INVALID_SHARE_PER_SEVERITY = 0.3
+# What a broken client sends, one per broken row in turn: (feature, value, what serving says it is).
+INVALID_VALUES = (
+    ("credit_score", 900, "out_of_range"),
+    ("loan_amount", -2500.0, "out_of_range"),
+    ("age", "forty-two", "wrong_type"),
+    ("num_credit_lines", "several", "wrong_type"),
+)
+
+
+def check_traffic_scenario(scenario: str, severity: float) -> None:
+    """A training scenario, or an incident only traffic can send (``invalid_rows``)."""
+    if scenario not in TRAFFIC_SCENARIOS:
+        raise DataError(f"unknown scenario {scenario!r}; choose one of {', '.join(TRAFFIC_SCENARIOS)}")
+    check_scenario("none" if scenario == INVALID_ROWS else scenario, severity)  # the severity's bounds
 
 
 @dataclass
@@ -56,7 +77,7 @@ class TrafficControl:
     stop: threading.Event = field(default_factory=threading.Event)
 
     def switch(self, scenario: str, severity: float = 1.0) -> None:
-        check_scenario(scenario, severity)
+        check_traffic_scenario(scenario, severity)
         self.scenario, self.severity = scenario, severity
 
 
@@ -78,14 +99,17 @@ def check_traffic(rps: float, duration: float, scenario: str, severity: float, r
         raise DataError(f"--duration must be in (0, {MAX_DURATION_S:g}] seconds, got {duration}")
     if not 1 <= rows_per_request <= 1000:
         raise DataError(f"--rows-per-request must be 1..1000, got {rows_per_request}")
-    check_scenario(scenario, severity)
+    check_traffic_scenario(scenario, severity)
 
 
 def rows_with_truth(
     n: int, scenario: str, severity: float, seed: int, reference_std: dict
 ) -> tuple[list, list]:
     """``n`` request rows and their true labels under the scenario (the generator's rule, then the scenario's)."""
-    frame = apply_scenario(generate_loans(n, seed), scenario, severity, seed, reference_std=reference_std)
+    invalid = scenario == INVALID_ROWS
+    frame = apply_scenario(
+        generate_loans(n, seed), "none" if invalid else scenario, severity, seed, reference_std=reference_std
+    )
     if scenario == "covariate_shift":  # the world changed, so the truth follows the rule on the new rows
         import numpy as np
 
@@ -95,7 +119,20 @@ def rows_with_truth(
         {k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}
         for r in features.to_dict("records")
     ]
+    if invalid:
+        break_rows(rows, min(INVALID_SHARE_PER_SEVERITY * severity, 1.0), seed)
     return rows, frame[LABEL].astype(int).tolist()
+
+
+def break_rows(rows: list[dict], share: float, seed: int) -> None:
+    """Break ``share`` of ``rows`` in place, each with the next of ``INVALID_VALUES``."""
+    import random
+
+    rng = random.Random(seed)
+    broken = [i for i in range(len(rows)) if rng.random() < share]
+    for turn, index in enumerate(broken):
+        feature, value, _ = INVALID_VALUES[turn % len(INVALID_VALUES)]
+        rows[index][feature] = value
 
 
 class Pacer:

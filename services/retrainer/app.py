@@ -13,7 +13,14 @@ set (the cluster), it is submitted to the Kubeflow Pipelines API.
 - ``POST /alerts`` -> 202 ``{"action": "trigger"|"skip", "reason", ...}``; a payload that is not
   Alertmanager's (unparseable JSON included) is 422 with the reason, a body over 4 MiB 413, one
   that is not JSON 415 (services/common.py). A skip is still 2xx: Alertmanager must not retry it.
-- ``GET /api/status``: running or idle, the last retrainings and their gate decisions.
+- Before a retraining starts, the monitor's data-quality verdict is read (``GET /api/status``,
+  ``quality.ok``): a failed verdict holds it (``skipped: data_quality``, in ``held``), see policy.py.
+- ``POST /notifications``: the human receiver of the embedded stack. Alertmanager routes
+  ``action="page"`` alerts (DataQualityDegraded, InputRejectionsHigh) here, never to ``/alerts``;
+  each notification is recorded (persisted like the history) and logged; bad input is 422 with the
+  reason and nothing is recorded. (In the cluster Slack or e-mail sit next to it in alertmanager.yml.)
+- ``GET /api/status``: running or idle, the last retrainings and their gate decisions, the held
+  retrainings, the human notifications.
 - ``GET /metrics`` (text/plain), ``GET /healthz``.
 """
 
@@ -24,23 +31,27 @@ import logging
 import re
 import threading
 import time
-from collections import deque
 from typing import Literal
 
+import httpx
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from pipelines.params import TrainParams
 from pipelines.runners import Runner, runner_for
 from sandbox.settings import Settings
 from services.common import add_metrics_route, error_responses, guard, setup_logging
-from services.retrainer.policy import TRIGGER, alert_key, decide
+from services.retrainer.journal import Journal
+from services.retrainer.policy import SKIP, TRIGGER, Decision, alert_key, decide, quality_hold
 
 log = logging.getLogger("sandbox.retrainer")
 
 # Alertmanager sends at most a group's alerts (<= 1,000 here, ~1 KiB each) in one notification.
 MAX_BODY_BYTES = 4 * 1024 * 1024
+# The monitor answers its status from memory; a monitor slower than this is treated as not answering.
+MONITOR_TIMEOUT_SECONDS = 3.0
+SHOWN = 20  # notifications and held retrainings in /api/status
 
 # --- Alertmanager's webhook payload (version 4) ----------------------------------------------------
 
@@ -54,9 +65,16 @@ class Alert(BaseModel):
     generatorURL: str = ""  # noqa: N815
     fingerprint: str = ""
 
+    @field_validator("labels")
+    @classmethod
+    def named(cls, labels: dict[str, str]) -> dict[str, str]:
+        if not labels.get("alertname"):
+            raise ValueError("an alert needs an alertname label")
+        return labels
+
 
 class Notification(BaseModel):
-    version: str = "4"
+    version: Literal["4"] = "4"
     groupKey: str = ""  # noqa: N815
     status: Literal["firing", "resolved"]
     receiver: str = ""
@@ -72,6 +90,13 @@ class Answer(BaseModel):
     reason: str
     alertname: str | None
     run: str | None = None
+
+
+class Recorded(BaseModel):
+    """What ``POST /notifications`` kept: its id and how many alerts it carried."""
+
+    id: str
+    alerts: int
 
 
 class Health(BaseModel):
@@ -105,7 +130,15 @@ class RetrainerMetrics:
         self.duration = Gauge(
             "sandbox_retrain_last_duration_seconds", "Wall time of the last retraining", registry=r
         )
-        for reason in ("resolved", "in_progress", "duplicate", "cooldown"):
+        self.pages = Counter(
+            "sandbox_human_notifications",
+            "Alertmanager notifications to the human receiver (action=page), by status",
+            ["status"],
+            registry=r,
+        )
+        for status in ("firing", "resolved"):
+            self.pages.labels(status)
+        for reason in ("resolved", "in_progress", "duplicate", "cooldown", "data_quality"):
             self.skips.labels(reason)
         for outcome in ("promoted", "rejected", "failed"):
             self.runs.labels(outcome)
@@ -146,15 +179,34 @@ def retrain_params(settings: Settings, alert: dict, seed: int) -> TrainParams:
     )
 
 
+def monitor_answer(client: httpx.Client, monitor_url: str) -> dict | None:
+    """The monitor's ``GET /api/status``, or None when it does not answer with JSON."""
+    try:
+        response = client.get(f"{monitor_url.rstrip('/')}/api/status", timeout=MONITOR_TIMEOUT_SECONDS)
+        return response.json() if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
 class Retrainer:
-    def __init__(self, settings: Settings, runner: Runner, metrics: RetrainerMetrics):
+    def __init__(
+        self,
+        settings: Settings,
+        runner: Runner,
+        metrics: RetrainerMetrics,
+        monitor: httpx.Client | None = None,
+    ):
         self.settings, self.runner, self.metrics = settings, runner, metrics
+        self.monitor = monitor or httpx.Client()
         self.lock = threading.Lock()
         self.running: dict | None = None
         self.last_trigger_at: float | None = None
         self.recent_keys: dict[str, float] = {}
-        self.history: deque[dict] = deque(maxlen=50)
-        self.history_path = settings.home / "retrainer" / "history.jsonl"
+        # On disk, so a restart keeps the cooldown and the story.
+        home = settings.home / "retrainer"
+        self.history = Journal(home / "history.jsonl")
+        self.held = Journal(home / "held.jsonl")  # retrainings held by the data-quality guard
+        self.notifications = Journal(home / "notifications.jsonl")  # the human receiver's pages
         self._threads: list[threading.Thread] = []
         self.interrupted: dict | None = None
         self._kill_orphans()
@@ -162,34 +214,29 @@ class Retrainer:
         self._resume()
 
     def _restore(self) -> None:
-        """The last retrainings from disk, so a restart keeps the cooldown and the story.
+        """The last retrainings from the journal, so a restart keeps the cooldown and the story.
 
         A run is written when it starts and again when it ends; a run whose last record is its
         start was interrupted by a restart of this process: it is recorded as failed, and does
         not hold the cooldown, so it can be retried (:meth:`_resume`).
         """
-        if not self.history_path.is_file():
-            return
         records: dict[str, dict] = {}  # id -> its last record (start, then finish)
-        for line in self.history_path.read_text().splitlines()[-100:]:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
+        for record in self.history.items:
             records[record.get("id", "")] = record
-        for record in list(records.values())[-50:]:
+        self.history.items.clear()
+        for record in records.values():
             if record.get("state") == "running":
                 record = {**record, "state": "failed", "finished_at": time.time(),
                           "error": "interrupted: the retrainer restarted while it ran"}  # fmt: skip
                 record["seconds"] = round(record["finished_at"] - record["started_at"], 1)
-                self._append(record)
                 self.metrics.runs.labels("failed").inc()
                 self.interrupted = record
-            else:
-                self.last_trigger_at = max(self.last_trigger_at or 0.0, record.get("started_at", 0.0))
-                if record.get("alert_key"):
-                    self.recent_keys[record["alert_key"]] = record["started_at"]
-            self.history.append({k: v for k, v in record.items() if k != "alert"})
+                self.history.append({k: v for k, v in record.items() if k != "alert"})
+                continue
+            self.last_trigger_at = max(self.last_trigger_at or 0.0, record.get("started_at", 0.0))
+            if record.get("alert_key"):
+                self.recent_keys[record["alert_key"]] = record["started_at"]
+            self.history.items.append({k: v for k, v in record.items() if k != "alert"})
 
     def _resume(self) -> None:
         """Retry a run the last restart interrupted (its alert is in its start record), if it is recent."""
@@ -229,11 +276,6 @@ class Retrainer:
             except (psutil.Error, ProcessLookupError, PermissionError):
                 continue
 
-    def _append(self, record: dict) -> None:
-        self.history_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.history_path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
-
     def handle(self, notification: dict) -> dict:
         """Apply the policy; start a retraining in the background when it says so."""
         now = time.time()
@@ -248,6 +290,8 @@ class Retrainer:
                 cooldown_seconds=self.settings.retrain_cooldown_seconds,
             )
             alertname = (decision.alert or {}).get("labels", {}).get("alertname")
+            if decision.action == TRIGGER:
+                decision = self._quality_guard(decision, alertname, now)
             if decision.action != TRIGGER:
                 self.metrics.skips.labels(decision.reason).inc()
                 log.info(
@@ -273,7 +317,7 @@ class Retrainer:
         if resumes:
             run["resumes"] = resumes
         self.running = run
-        self._append({**run, "alert": alert})  # so a restart knows what it interrupted
+        self.history.append({**run, "alert": alert}, show=False)  # so a restart knows what it interrupted
         self.metrics.triggers.inc()
         self.metrics.in_progress.set(1)
         log.info(
@@ -283,6 +327,47 @@ class Retrainer:
         self._threads.append(thread)
         thread.start()
         return run
+
+    def _quality_guard(self, decision: Decision, alertname: str | None, now: float) -> Decision:
+        """The second guard: hold the retraining when the monitor says the live data failed its checks."""
+        answer = monitor_answer(self.monitor, self.settings.monitor_url)
+        hold = quality_hold(answer)
+        if hold is None:
+            return decision
+        quality = answer["quality"]
+        self.held.append({
+            "at": now, "alertname": alertname, "alert_key": alert_key(decision.alert), "skipped": "data_quality",
+            "reason": hold, "quality_evaluated_at": quality.get("evaluated_at"),
+            "failed": (quality.get("failed") or [])[:10],
+        })  # fmt: skip
+        log.warning("%s: retraining held, %s", alertname, hold)
+        return Decision(SKIP, "data_quality", decision.alert)
+
+    def page(self, notification: dict) -> dict:
+        """The human receiver: record (and log) one Alertmanager notification."""
+        now = time.time()
+        record = {
+            "id": f"page-{int(now * 1000)}",
+            "received_at": now,
+            "status": notification["status"],
+            "receiver": notification.get("receiver", ""),
+            "alerts": [
+                {
+                    "alertname": a["labels"]["alertname"], "status": a["status"],
+                    "severity": a["labels"].get("severity", ""), "summary": a["annotations"].get("summary", "")[:300],
+                    "runbook": a["annotations"].get("runbook", ""), "starts_at": a.get("startsAt", ""),
+                    "ends_at": a.get("endsAt", ""), "fingerprint": a.get("fingerprint", ""),
+                }
+                for a in notification["alerts"]
+            ],
+        }  # fmt: skip
+        self.notifications.append(record)
+        self.metrics.pages.labels(notification["status"]).inc()
+        for alert in record["alerts"]:
+            log.warning(
+                "PAGE %s %s: %s (%s)", alert["status"], alert["alertname"], alert["summary"], alert["runbook"]
+            )
+        return {"id": record["id"], "alerts": len(record["alerts"])}
 
     def _retrain(self, run: dict, alert: dict) -> None:
         log_path = self.settings.logs_dir / f"{run['id']}.log"
@@ -313,12 +398,11 @@ class Retrainer:
         with self.lock:
             self.history.append(run)
             self.running = None
-        self._append(run)
 
     def status(self) -> dict:
         with self.lock:
             running = dict(self.running) if self.running else None
-            history = list(self.history)[::-1]
+        history = self.history.newest_first()
         return {
             "running": running,
             "last": history[0] if history else None,
@@ -326,6 +410,8 @@ class Retrainer:
             "cooldown_seconds": self.settings.retrain_cooldown_seconds,
             "last_trigger_at": self.last_trigger_at,
             "mode": "kfp" if self.settings.kfp_host else "kfp.local",
+            "held": self.held.newest_first(SHOWN),
+            "notifications": self.notifications.newest_first(SHOWN),
         }
 
     def wait_idle(self, timeout: float) -> None:
@@ -336,13 +422,16 @@ class Retrainer:
 # --- HTTP ------------------------------------------------------------------------------------------
 
 
-def create_app(settings: Settings | None = None, runner: Runner | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, runner: Runner | None = None, monitor: httpx.Client | None = None
+) -> FastAPI:
+    """``monitor``: the HTTP client the data-quality guard asks the monitor with (tests pass a fake)."""
     settings = settings or Settings()
     setup_logging()
     if runner is None:
         runner = runner_for(settings, settings.retrain_timeout_seconds)
     metrics = RetrainerMetrics()
-    retrainer = Retrainer(settings, runner, metrics)
+    retrainer = Retrainer(settings, runner, metrics, monitor)
     log.info(
         "retrainer: %s, model %s, monitor %s, cooldown %.0fs",
         f"KFP API {settings.kfp_host}" if settings.kfp_host else "kfp.local",
@@ -372,9 +461,14 @@ def create_app(settings: Settings | None = None, runner: Runner | None = None) -
         """Alertmanager's webhook: a firing ``action=retrain`` alert starts a retraining (policy.py)."""
         return Answer(**retrainer.handle(notification.model_dump()))
 
+    @app.post("/notifications", status_code=202, responses=error_responses(400, 413, 415, 422))
+    def notifications(notification: Notification) -> Recorded:
+        """The human receiver: Alertmanager's webhook for ``action=page`` alerts, recorded and listed, never acted on."""
+        return Recorded(**retrainer.page(notification.model_dump()))
+
     @app.get("/api/status")
     def status() -> dict:
-        """Running or idle, the last retrainings and their gate decisions."""
+        """Running or idle, the last retrainings and their gate decisions, held retrainings, human notifications."""
         return retrainer.status()
 
     @app.get("/healthz")

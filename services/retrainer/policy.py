@@ -11,6 +11,12 @@ Order of the checks (the first that applies wins, each is a ``reason`` label on
 4. ``cooldown``: another alert started a retraining less than ``cooldown_seconds`` ago.
 
 An alert still firing after the cooldown starts a new retraining: the last one did not fix it.
+
+Then one more check before a retraining starts (``quality_hold``, reason ``data_quality``): the
+monitor's own data-quality verdict on the live window. Alertmanager already inhibits retrain alerts
+while a data-quality alert fires; this is the second, independent guard (an inhibit rule edited away,
+a quality alert still in its ``for:``, a notification sent by hand). Retrain only when the world
+changed, never when the pipeline broke.
 """
 
 from __future__ import annotations
@@ -56,3 +62,20 @@ def decide(
         return Decision(SKIP, "cooldown", firing[0])
     fresh = [a for a in firing if a not in within]
     return Decision(TRIGGER, "alert", fresh[0])
+
+
+def quality_hold(monitor_status: dict | None) -> str | None:
+    """Why the live data is not fit to retrain on (the monitor's ``quality`` verdict), or None.
+
+    Only a verdict that says "failed" holds: no window judged yet (``ok`` null) or no answer from the
+    monitor lets the retraining start. A retraining reads its production rows from the monitor, so
+    with the monitor gone it fails in load-data, visibly, and cannot learn from broken rows either.
+    """
+    quality = (monitor_status or {}).get("quality")
+    if not isinstance(quality, dict) or quality.get("ok") is not False:
+        return None
+    failed = [f for f in quality.get("failed") or [] if isinstance(f, dict)]
+    named = "; ".join(
+        str(f.get("message") or f"{f.get('check')} on {f.get('feature')}") for f in failed[:3]
+    )  # fmt: skip
+    return f"the monitor's data-quality checks failed on the live window: {named or 'no detail given'}"

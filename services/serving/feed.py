@@ -7,6 +7,12 @@ served batch: each wake-up takes the GIL from the request path). It takes everyt
 builds the ``/ingest`` records there, POSTs them ``batch_size`` at a time, retrying with
 exponential backoff; records that still cannot be delivered are counted as dropped. Nothing is
 lost silently: sent + dropped + queued (+ in flight) = submitted.
+
+Refused requests are a second item kind (``Rejection``, services/serving/rejections.py): queued
+apart, bounded in bytes (``rejected_queue_bytes``: they carry the request body the sample is read
+from), turned into at most ``rejected_sample_rows`` ``rejected`` items each in the sender thread,
+and posted as ``/ingest``'s ``rejected`` list (with the records, or with ``records: []``). They are
+counted per refused request by ``count_rejected(outcome, n)``, apart from the records.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from dataclasses import dataclass
 
 import httpx
 from pydantic_core import to_json
+
+from services.serving.rejections import Rejection
 
 log = logging.getLogger("sandbox.serving.feed")
 
@@ -66,6 +74,10 @@ class MonitorFeed:
         max_retries: int = 3,
         timeout: float = 2.0,
         count: Callable[[str, int], None] = lambda outcome, n: None,
+        rejected_queue_size: int = 100,
+        rejected_queue_bytes: int = 4_194_304,
+        rejected_sample_rows: int = 10,
+        count_rejected: Callable[[str, int], None] = lambda outcome, n: None,
     ):
         self.url = url.rstrip("/") + "/ingest"
         self.pending: deque[Batch] = deque()
@@ -76,6 +88,10 @@ class MonitorFeed:
         self.batch_size, self.flush_seconds = batch_size, flush_seconds
         self.max_retries, self.timeout = max_retries, timeout
         self.count = count  # count("sent" | "retried" | "dropped_queue_full" | "dropped_undeliverable", n)
+        self.rejected: deque[Rejection] = deque()
+        self.rejected_bytes, self.rejected_queue_bytes = 0, rejected_queue_bytes
+        self.rejected_queue_size = rejected_queue_size  # in refused requests
+        self.rejected_sample_rows, self.count_rejected = rejected_sample_rows, count_rejected
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -93,19 +109,38 @@ class MonitorFeed:
         elif wake:
             self._ready.set()
 
-    def _take(self) -> list[dict]:
-        """After ``flush_seconds``, or once ``batch_size`` records wait: the records of every queued batch."""
+    def submit_rejected(self, rejection: Rejection) -> None:
+        """Queue a refused request for the monitor's sample without blocking; dropped (counted) when full."""
+        size = len(rejection.body) + 256
+        with self._lock:
+            fits = (
+                self.rejected_bytes + size <= self.rejected_queue_bytes
+                and len(self.rejected) < self.rejected_queue_size
+            )
+            if fits:
+                self.rejected.append(rejection)
+                self.rejected_bytes += size
+        if not fits:
+            self.count_rejected("dropped_queue_full", 1)
+
+    def _take(self) -> tuple[list[dict], list[Rejection]]:
+        """After ``flush_seconds``, or once ``batch_size`` records wait: the records of every queued batch,
+        and the refused requests queued meanwhile."""
         self._ready.wait(self.flush_seconds)
         self._ready.clear()
         with self._lock:
             batches, self.pending, self.queued = self.pending, deque(), 0
+            rejections, self.rejected, self.rejected_bytes = list(self.rejected), deque(), 0
         records: list[dict] = []
         for batch in batches:
             records.extend(batch.records() if isinstance(batch, ServedBatch) else batch)
-        return records
+        return records, rejections
 
-    def _send(self, client: httpx.Client, batch: list[dict]) -> None:
-        body = to_json({"records": batch})  # pydantic-core's encoder: far cheaper than json.dumps here
+    def _send(self, client: httpx.Client, batch: list[dict], rejections: list[Rejection] = ()) -> None:
+        payload: dict = {"records": batch}
+        if rejections:
+            payload["rejected"] = [item for r in rejections for item in r.sample(self.rejected_sample_rows)]
+        body = to_json(payload)  # pydantic-core's encoder: far cheaper than json.dumps here
         headers = {"content-type": "application/json"}
         delay = 0.2
         for attempt in range(self.max_retries + 1):
@@ -118,22 +153,33 @@ class MonitorFeed:
                 response = client.post(self.url, content=body, headers=headers, timeout=self.timeout)
                 if response.status_code < 300:
                     self.count("sent", len(batch))
+                    self.count_rejected("sent", len(rejections))
                     return
                 if 400 <= response.status_code < 500:  # the records are bad: retrying won't help
-                    log.error("monitor rejected %d records: %s", len(batch), response.text[:300])
+                    log.error(
+                        "monitor rejected %d records (+%d refused requests): %s",
+                        len(batch), len(rejections), response.text[:300],
+                    )  # fmt: skip
                     break
             except httpx.HTTPError as exc:
                 log.debug("monitor unreachable (%s), attempt %d", exc, attempt + 1)
         self.count("dropped_undeliverable", len(batch))
-        log.warning("dropped %d records the monitor could not take (%s)", len(batch), self.url)
+        self.count_rejected("dropped_undeliverable", len(rejections))
+        log.warning(
+            "dropped %d records (+%d refused requests) the monitor could not take (%s)",
+            len(batch), len(rejections), self.url,
+        )  # fmt: skip
 
     def run(self) -> None:
         with httpx.Client() as client:
             while True:
-                records = self._take()
-                for start in range(0, len(records), self.batch_size):  # at most batch_size records a POST
-                    self._send(client, records[start : start + self.batch_size])
-                if self._stop.is_set() and not self.pending:
+                records, rejections = self._take()
+                # At most batch_size records a POST; the refused requests ride with the first (or alone).
+                for start in range(0, max(len(records), 1 if rejections else 0), self.batch_size):
+                    self._send(
+                        client, records[start : start + self.batch_size], rejections if start == 0 else []
+                    )
+                if self._stop.is_set() and not self.pending and not self.rejected:
                     break
 
     def start(self) -> None:

@@ -40,11 +40,13 @@ from services.common import BodySizeLimit, JsonOnly, send_json
 from services.serving.feed import MonitorFeed, ServedBatch
 from services.serving.middleware import PREDICT_PATHS, OpenAPIFix
 from services.serving.model_store import LoadedModel, ModelHolder
+from services.serving.rejections import REQUEST_REASONS, ROW_REASONS, RejectionWatch, parse_refusal
 from services.serving.rows import EXAMPLE_ROW, MAX_ROWS, LoanRow, Prediction, columns_of, model_frame
 
 log = logging.getLogger("sandbox.serving")
 SETTINGS = Settings()  # reads the environment only
-STATE: dict = {"holder": None}  # this worker's model holder, for the readiness gate and GET /model
+STATE: dict = {"holder": None, "on_refusal": None}  # this worker's model holder (readiness gate,
+# GET /model) and what RejectionWatch calls with a refused /predict (counts it, samples it to the monitor)
 
 
 def create_metrics():
@@ -70,6 +72,22 @@ def create_metrics():
         "feed": Counter(
             "sandbox_monitor_feed_records_total",
             "Inference records for the monitor by outcome: sent, retried, dropped_queue_full, dropped_undeliverable",
+            ["outcome"],
+        ),
+        "rows_rejected": Counter(
+            "sandbox_rows_rejected_total",
+            "Rows refused by /predict's validation, each once by its first error's feature and reason",
+            ["field", "reason"],
+        ),
+        "requests_rejected": Counter(
+            "sandbox_requests_rejected_total",
+            "/predict requests refused whole, before they could be split into rows, by reason",
+            ["reason"],
+        ),
+        "feed_rejected": Counter(
+            "sandbox_monitor_feed_rejected_total",
+            "Refused requests whose sample went to the monitor, by outcome: sent, dropped_queue_full, "
+            "dropped_undeliverable",
             ["outcome"],
         ),
     }  # fmt: skip
@@ -165,6 +183,10 @@ class Serving:
                 max_retries=SETTINGS.feed_max_retries,
                 timeout=SETTINGS.feed_timeout_seconds,
                 count=lambda outcome, n: self.metrics["feed"].labels(outcome).inc(n),
+                rejected_queue_size=SETTINGS.feed_rejected_queue_size,
+                rejected_queue_bytes=SETTINGS.feed_rejected_queue_bytes,
+                rejected_sample_rows=SETTINGS.feed_rejected_sample_rows,
+                count_rejected=lambda outcome, n: self.metrics["feed_rejected"].labels(outcome).inc(n),
             )
             self.feed.start()
         self.holder = ModelHolder(
@@ -176,6 +198,11 @@ class Serving:
             after_swap=settle_heap,
         )
         STATE["holder"] = self.holder
+        for reason in REQUEST_REASONS:  # every series exists from the start: rate() sees the first refusal
+            self.metrics["requests_rejected"].labels(reason)
+        for reason in ROW_REASONS:
+            self.metrics["rows_rejected"].labels("none", reason)
+        STATE["on_refusal"] = self._on_refusal
         try:
             self.holder.refresh()
         except Exception as exc:  # MLflow not up yet: not ready, the watcher keeps trying
@@ -193,6 +220,18 @@ class Serving:
             self.metrics["info"].labels(old.name, old.version).set(0)
         self.metrics["info"].labels(new.name, new.version).set(1)
         self.metrics["swaps"].labels(new.name).inc()
+
+    def _on_refusal(self, status: int, answer: bytes, body: bytes) -> None:
+        """A refused /predict (from RejectionWatch, after the answer went out): count it, queue its sample."""
+        rejection = parse_refusal(status, answer, body, time.time())
+        if rejection is None:
+            return
+        if rejection.reason is not None:
+            self.metrics["requests_rejected"].labels(rejection.reason).inc()
+        for field, reason in rejection.counted(LOAN_SCHEMA.names):
+            self.metrics["rows_rejected"].labels(field, reason).inc()
+        if self.feed:
+            self.feed.submit_rejected(rejection)
 
     def _on_failure(self, version: str, reason: str) -> None:
         self.metrics["load_failures"].labels(SETTINGS.model_name).inc()
@@ -253,6 +292,8 @@ class Serving:
         return out
 
 
+# Outermost of ours (BentoML's list runs first-added outermost): it sees the guards' 413/415 and the 400s.
+Serving.add_asgi_middleware(RejectionWatch, paths=PREDICT_PATHS, state=STATE)
 Serving.add_asgi_middleware(ReadinessGate)
 Serving.add_asgi_middleware(OpenAPIFix)
 Serving.add_asgi_middleware(JsonOnly, paths=PREDICT_PATHS)

@@ -59,6 +59,7 @@ class MonitorStandIn:
 
     def __init__(self, port: int):
         self.port, self.records, self.mode = port, [], "ok"
+        self.rejected: list[dict] = []  # the `rejected` items serving sampled
         self.posts: list[int] = []  # records per accepted POST
         outer = self
 
@@ -71,9 +72,12 @@ class MonitorStandIn:
                     self.send_response(503)
                     self.end_headers()
                     return
-                records = json.loads(body)["records"]
+                payload = json.loads(body)
+                records = payload["records"]
                 outer.records.extend(records)
-                outer.posts.append(len(records))
+                outer.rejected.extend(payload.get("rejected", []))
+                if records:
+                    outer.posts.append(len(records))
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
                 self.end_headers()

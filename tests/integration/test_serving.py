@@ -184,6 +184,100 @@ def test_feed_delivers_every_served_row_to_the_monitor(serving, v1, monitor):
     assert abs(record["ts"] - time.time()) < 60
 
 
+REFUSALS = [
+    # (what the client sends, the counter it moves: ("rows", field, reason) or ("requests", reason))
+    ({"rows": [{**EXAMPLE_ROW, "credit_score": 900}]}, ("rows", "credit_score", "out_of_range")),
+    ({"rows": [{**EXAMPLE_ROW, "age": "old"}, EXAMPLE_ROW]}, ("rows", "age", "wrong_type")),
+    ({"rows": [{k: v for k, v in EXAMPLE_ROW.items() if k != "income"}]}, ("rows", "income", "missing")),
+    ({"rows": [{**EXAMPLE_ROW, "region": ""}]}, ("rows", "region", "unknown_category")),
+    ({"rows": [EXAMPLE_ROW] * 1001}, ("requests", "too_many_rows")),
+    (b'{"rows": [', ("requests", "invalid_json")),
+    (b'{"rows": [' + b" " * 1_100_000 + b"]}", ("requests", "body_too_large")),
+    ({"rows": []}, ("requests", "other")),
+]  # fmt: skip
+
+
+def test_every_refusal_is_counted_by_reason_and_sampled_to_the_monitor(serving, v1, monitor):
+    monitor.mode = "ok"
+    before = httpx.get(f"{serving}/metrics").text
+    sampled_before = len(monitor.rejected)
+    for payload, _ in REFUSALS:
+        content = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        response = httpx.post(
+            f"{serving}/predict", content=content, headers={"content-type": "application/json"}
+        )
+        assert 400 <= response.status_code < 500, response.text
+    after = httpx.get(f"{serving}/metrics").text
+    for _, counter in REFUSALS:
+        if counter[0] == "rows":
+            name, labels = "sandbox_rows_rejected_total", {"field": counter[1], "reason": counter[2]}
+        else:
+            name, labels = "sandbox_requests_rejected_total", {"reason": counter[1]}
+        assert metric_value(after, name, **labels) - metric_value(before, name, **labels) == 1, (name, labels)
+    # The valid row refused with the bad one is neither counted nor stored as a record.
+    assert (
+        metric_value(after, "sandbox_rows_rejected_total")
+        - metric_value(before, "sandbox_rows_rejected_total")
+        == 4
+    )
+
+    def sampled():
+        return (
+            monitor.rejected[sampled_before:]
+            if len(monitor.rejected) - sampled_before >= len(REFUSALS)
+            else None
+        )
+
+    assert wait_until(sampled, timeout=20), monitor.rejected[sampled_before:]
+    items = sampled()
+    assert {(i["reason"], i["field"]) for i in items} == {
+        ("out_of_range", "credit_score"), ("wrong_type", "age"), ("missing", "income"),
+        ("unknown_category", "region"), ("too_many_rows", None), ("invalid_json", None),
+        ("body_too_large", None), ("other", None),
+    }  # fmt: skip
+    out_of_range = next(i for i in items if i["reason"] == "out_of_range")
+    assert out_of_range["row"]["credit_score"] == 900 and abs(out_of_range["ts"] - time.time()) < 60
+    assert set(out_of_range) == {"ts", "reason", "field", "row"}
+    assert not any(r["features"].get("credit_score") == 900 for r in monitor.records)
+    assert wait_until(
+        lambda: (
+            metric_value(
+                httpx.get(f"{serving}/metrics").text, "sandbox_monitor_feed_rejected_total", outcome="sent"
+            )
+            >= len(REFUSALS)
+        ),
+        timeout=10,
+    )
+
+
+def test_a_flood_of_refusals_does_not_slow_valid_requests(serving, v1, monitor):
+    monitor.mode = "ok"
+    stop = threading.Event()
+    bad = json.dumps({"rows": [{**EXAMPLE_ROW, "credit_score": 900}] * 200}).encode()
+
+    def flood():
+        with httpx.Client(timeout=30) as http:
+            while not stop.is_set():
+                http.post(f"{serving}/predict", content=bad, headers={"content-type": "application/json"})
+
+    threads = [threading.Thread(target=flood) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    latencies = []
+    try:
+        for _ in range(30):
+            started = time.perf_counter()
+            assert post(serving, {"rows": [EXAMPLE_ROW]}).status_code == 200
+            latencies.append(time.perf_counter() - started)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    assert sorted(latencies)[len(latencies) // 2] < 0.5, latencies
+    metrics = httpx.get(f"{serving}/metrics").text
+    assert metric_value(metrics, "sandbox_rows_rejected_total", field="credit_score") > 200
+
+
 def test_the_model_frame_is_what_training_gives():
     """predict builds its DataFrame from columns; the model must see what features_only gives it."""
     frame = apply_scenario(generate_loans(40, seed=4), "missing_values", 1.0)

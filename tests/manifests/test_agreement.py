@@ -310,7 +310,7 @@ def test_cluster_prometheus_config_is_the_embedded_one_with_service_names(kind_o
         [promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS" in result.stdout + result.stderr and "5 rules found" in result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout + result.stderr and "7 rules found" in result.stdout + result.stderr
 
 
 def test_cluster_alertmanager_config_routes_like_the_embedded_one_to_the_retrainer_service(
@@ -319,16 +319,18 @@ def test_cluster_alertmanager_config_routes_like_the_embedded_one_to_the_retrain
     embedded = yaml.safe_load((MONITORING / "alertmanager" / "alertmanager.yml").read_text())
     text = config_map(kind_objects, "alertmanager-config")["data"]["alertmanager.yml"]
     cluster = yaml.safe_load(text)
-    assert cluster["route"] == embedded["route"]
-    hooks = [h for r in cluster["receivers"] for h in r.get("webhook_configs", [])]
-    (hook,) = hooks
-    url = urlparse(hook["url"])
-    assert url.hostname == "retrainer.mlops.svc.cluster.local" and url.port == PORTS["retrainer"]
+    assert cluster["route"] == embedded["route"] and cluster["inhibit_rules"] == embedded["inhibit_rules"]
+    hooks = {r["name"]: [h["url"] for h in r.get("webhook_configs", [])] for r in cluster["receivers"]}
+    assert set(hooks) == {"default", "human", "retrainer"}
     from sandbox.settings import Settings
     from services.retrainer.app import create_app
 
     retrainer_posts = {r.path for r in create_app(Settings(home=tmp_path)).routes if "POST" in r.methods}
-    assert url.path == "/alerts" and url.path in retrainer_posts
+    for receiver, path in (("retrainer", "/alerts"), ("human", "/notifications")):
+        (hook,) = hooks[receiver]
+        url = urlparse(hook)
+        assert url.hostname == "retrainer.mlops.svc.cluster.local" and url.port == PORTS["retrainer"]
+        assert url.path == path and path in retrainer_posts, path
     for receiver in cluster["receivers"]:
         for h in receiver.get("webhook_configs", []):
             h["url"] = "X"
@@ -349,6 +351,11 @@ def test_cluster_alertmanager_config_routes_like_the_embedded_one_to_the_retrain
         capture_output=True, text=True,
     )  # fmt: skip
     assert routed.stdout.strip() == "retrainer", routed.stdout + routed.stderr
+    paged = subprocess.run(
+        [amtool, "config", "routes", "test", f"--config.file={path}", "alertname=DataQualityDegraded", "action=page"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert paged.stdout.strip() == "human", paged.stdout + paged.stderr
 
 
 def metric_names(text: str) -> set[str]:

@@ -26,11 +26,12 @@ FLOWS = {
     ("monitor", "retrainer", 8002),  # the last retraining on the status page
     ("retrainer", "mlflow", 5000),  # the outcome of its runs
     ("retrainer", "kfp-api", 8888),  # start and follow train-and-register
+    ("retrainer", "monitor", 8001),  # the data-quality verdict before a retraining starts
     ("prometheus", "serving", 3000),
     ("prometheus", "monitor", 8001),
     ("prometheus", "retrainer", 8002),
     ("prometheus", "alertmanager", 9093),  # scrape and send alerts
-    ("alertmanager", "retrainer", 8002),  # the webhook
+    ("alertmanager", "retrainer", 8002),  # the webhooks: /alerts (retrain) and /notifications (page)
     ("grafana", "prometheus", 9090),
     ("kfp-step", "mlflow", 5000),
     ("kfp-step", "monitor", 8001),

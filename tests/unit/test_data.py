@@ -4,7 +4,7 @@ import pytest
 
 from pipelines.data import DataError, generate_loans, load_data
 from pipelines.features import LABEL, LOAN_SCHEMA, breast_cancer_schema
-from pipelines.scenarios import COVARIATE_SHIFT, SCENARIOS, apply_scenario
+from pipelines.scenarios import COVARIATE_SHIFT, SCENARIOS, UNIT_CHANGE, apply_scenario
 from pipelines.validate import DataValidationError, check_frame, validate_frame
 
 
@@ -78,6 +78,21 @@ def test_label_shift_raises_the_base_rate(loans):
     base = loans[LABEL].mean()
     assert len(drifted) == len(loans)
     assert drifted[LABEL].mean() == pytest.approx(base + (1 - base) * 0.5, abs=0.01)
+
+
+@pytest.mark.parametrize("severity", [0.5, 1.0])
+def test_unit_change_sends_income_in_thousands_on_the_stated_share_and_stays_in_range(loans, severity):
+    drifted = apply_scenario(loans, "unit_change", severity, seed=1)
+    (col, factor) = next(iter(UNIT_CHANGE.items()))
+    changed = drifted[col] != loans[col]
+    assert changed.mean() == pytest.approx(severity, abs=0.03)
+    np.testing.assert_allclose(drifted.loc[changed, col], loans.loc[changed, col] * factor)
+    assert drifted[col].median() < loans[col].median() / (10 if severity == 1.0 else 1)
+    assert check_frame(drifted, LOAN_SCHEMA).ok, (
+        "values in other units still pass the schema: serving accepts them"
+    )
+    unchanged = [c for c in loans.columns if c != col]
+    pd.testing.assert_frame_equal(drifted[unchanged], loans[unchanged])
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)

@@ -1,5 +1,6 @@
 """The demo's profile: short intervals reach the services and the rendered monitoring config, not monitoring/."""
 
+import pytest
 import yaml
 
 from sandbox.demo import DEMO_OVERRIDES, demo_settings, profile_env
@@ -48,3 +49,30 @@ def test_without_overrides_prometheus_reads_monitoring_rules(tmp_path):
     assert yaml.safe_load(prometheus_path.read_text())["rule_files"] == [
         str(MONITORING / "prometheus" / "rules" / "*.yml")
     ]
+
+
+def test_the_upstream_bug_story_shares_the_opening_and_holds_instead_of_retraining(tmp_path):
+    from sandbox.demo import QUALITY_ALERT, Demo, DemoResult, Timeline
+
+    settings = demo_settings(Settings(home=tmp_path))
+    drift, bug = Demo(settings, Timeline()), Demo(settings, Timeline(), story="upstream-bug")
+    names = lambda demo: [step.__name__ for step in demo.steps()]  # noqa: E731
+    assert names(drift)[:4] == names(bug)[:4] == ["start_stack", "train_v1", "start_traffic", "clean_traffic"]
+    assert names(drift)[4:] == ["incident", "retraining", "recovery"]
+    assert names(bug)[4:] == ["upstream_bug", "retraining_held", "upstream_fixed"]
+    assert settings.alert_for_overrides[QUALITY_ALERT] == "10s"
+    summary = DemoResult(
+        completed=True, story="upstream-bug", quality_alert_s=12.5, retrained=False
+    ).summary()
+    assert summary["quality_alert_s"] == 12.5 and summary["retrained"] is False
+    with pytest.raises(ValueError, match="upstream-bug"):
+        Demo(settings, Timeline(), story="typo")
+
+
+def test_the_demo_cli_refuses_an_unknown_story():
+    from typer.testing import CliRunner
+
+    from sandbox.cli import app
+
+    result = CliRunner().invoke(app, ["demo", "--story", "typo"])
+    assert result.exit_code == 1 and "covariate-shift, upstream-bug" in result.output

@@ -49,6 +49,8 @@ def test_promtool_unit_tests_of_every_rule():
         "ServingDown",
         "HighPredictionLatency",
         "MonitorStale",
+        "DataQualityDegraded",
+        "InputRejectionsHigh",
     }
     assert tested == alerts, "every alert needs a promtool case"
 
@@ -72,7 +74,15 @@ def test_rendered_configs_are_valid_and_use_the_configured_ports(tmp_path):
     config = yaml.safe_load(prometheus.read_text())
     targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
     assert targets["serving"] == ["127.0.0.1:3111"] and targets["retrainer"] == ["127.0.0.1:8111"]
-    assert "http://127.0.0.1:8111/alerts" in alertmanager.read_text()
+    hooks = {
+        receiver["name"]: [h["url"] for h in receiver.get("webhook_configs", [])]
+        for receiver in yaml.safe_load(alertmanager.read_text())["receivers"]
+    }
+    assert hooks == {
+        "default": [],
+        "human": ["http://127.0.0.1:8111/notifications"],
+        "retrainer": ["http://127.0.0.1:8111/alerts"],
+    }
 
 
 @pytest.mark.parametrize(
@@ -81,9 +91,12 @@ def test_rendered_configs_are_valid_and_use_the_configured_ports(tmp_path):
         (["alertname=DataDriftDetected", "action=retrain"], "retrainer"),
         (["alertname=ModelQualityDegraded", "action=retrain"], "retrainer"),
         (["alertname=ServingDown", "severity=critical"], "default"),
+        # Broken data pages a human and never reaches the retrainer.
+        (["alertname=DataQualityDegraded", "action=page", "severity=critical"], "human"),
+        (["alertname=InputRejectionsHigh", "action=page", "severity=warning"], "human"),
     ],
 )
-def test_alertmanager_routes_retrain_alerts_to_the_retrainer(labels, receiver):
+def test_alertmanager_routes_retrain_alerts_to_the_retrainer_and_pages_to_a_human(labels, receiver):
     config = str(MONITORING / "alertmanager" / "alertmanager.yml")
     output = run(tool("amtool"), "config", "routes", "test", f"--config.file={config}", *labels)
     assert output.stdout.strip() == receiver
@@ -94,3 +107,21 @@ def test_every_sandbox_metric_a_rule_uses_is_exported_by_a_service():
     source = "\n".join(p.read_text() for p in Path(REPO_ROOT / "services").rglob("*.py"))
     missing = [name for name in used if f'"{name}"' not in source]
     assert used and not missing, missing
+
+
+def test_data_quality_alerts_page_and_inhibit_every_retrain_alert():
+    rules = {r["alert"]: r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]}
+    quality = ("DataQualityDegraded", "InputRejectionsHigh")
+    for name in quality:
+        assert rules[name]["labels"]["action"] == "page" and rules[name]["labels"]["severity"]
+        assert rules[name]["for"]
+    (inhibit,) = yaml.safe_load((MONITORING / "alertmanager" / "alertmanager.yml").read_text())[
+        "inhibit_rules"
+    ]
+    assert inhibit["target_matchers"] == ['action="retrain"'] and not inhibit.get("equal")
+    (source,) = inhibit["source_matchers"]
+    pattern = re.fullmatch(r'alertname=~"(.+)"', source)[1]
+    inhibited = {name for name, rule in rules.items() if re.fullmatch(pattern, name)}
+    assert inhibited == set(quality)
+    retrain = {name for name, rule in rules.items() if rule["labels"].get("action") == "retrain"}
+    assert retrain == {"DataDriftDetected", "ModelQualityDegraded"}

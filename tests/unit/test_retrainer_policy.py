@@ -198,3 +198,132 @@ def test_garbage_json_is_422(settings):
 )
 def test_unix_seconds(text, expected):
     assert unix_seconds(text) == pytest.approx(expected)
+
+
+# --- the data-quality guard and the human receiver --------------------------------------------------
+
+FAILED = {
+    "ok": False, "evaluated_at": 1000.0, "rows": 1500, "model_version": "1",
+    "failed": [{"check": "scale", "feature": "income", "value": 52.3, "reference": 51800.0, "threshold": 10.0,
+                "message": "income: median 52.3 vs 51,800 in the reference, x0.001"}],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("answer", "holds"),
+    [
+        ({"quality": FAILED}, True),
+        ({"quality": {**FAILED, "ok": True, "failed": []}}, False),
+        ({"quality": {**FAILED, "ok": None}}, False),  # nothing judged yet
+        ({"drift": {}}, False),  # a monitor without quality checks
+        (None, False),  # no answer: the run needs the monitor's rows and fails visibly in load-data
+    ],
+)
+def test_quality_hold(answer, holds):
+    from services.retrainer.policy import quality_hold
+
+    reason = quality_hold(answer)
+    assert (reason is not None) == holds
+    if holds:
+        assert "income: median 52.3 vs 51,800" in reason
+
+
+def fake_monitor(quality: dict | None, asked: list):
+    import httpx
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(str(request.url))
+        return httpx.Response(200, json={"drift": {}, **({"quality": quality} if quality else {})})
+
+    return httpx.Client(transport=httpx.MockTransport(handler))
+
+
+def test_a_failed_data_quality_verdict_holds_the_retraining_and_records_it(settings):
+    runner, asked = RecordingRunner(), []
+    app = create_app(settings, runner=runner, monitor=fake_monitor(FAILED, asked))
+    client = TestClient(app)
+    answer = client.post("/alerts", json=notification())
+    assert answer.status_code == 202
+    assert answer.json() == {"action": "skip", "reason": "data_quality", "alertname": "DataDriftDetected"}
+    assert runner.calls == [] and asked == ["http://127.0.0.1:18001/api/status"]
+    (held,) = client.get("/api/status").json()["held"]
+    assert held["skipped"] == "data_quality" and held["alertname"] == "DataDriftDetected"
+    assert held["failed"][0]["feature"] == "income" and "x0.001" in held["reason"]
+    assert metric(client.get("/metrics").text, 'sandbox_retrain_skips_total{reason="data_quality"}') == 1
+    # Not a duplicate later: once the data is clean again, the same alert still firing retrains.
+    app.state.retrainer.monitor = fake_monitor({**FAILED, "ok": True, "failed": []}, asked)
+    assert client.post("/alerts", json=notification()).json()["action"] == "trigger"
+    app.state.retrainer.wait_idle(10)
+    assert len(runner.calls) == 1
+    # A restart keeps what was held.
+    again = TestClient(create_app(settings, runner=RecordingRunner(), monitor=fake_monitor(None, [])))
+    assert again.get("/api/status").json()["held"][0]["skipped"] == "data_quality"
+
+
+def test_quality_degraded_on_clean_data_still_retrains(settings):
+    runner = RecordingRunner()
+    clean = {**FAILED, "ok": True, "failed": []}
+    client = TestClient(create_app(settings, runner=runner, monitor=fake_monitor(clean, [])))
+    answer = client.post("/alerts", json=notification(alert(name="ModelQualityDegraded")))
+    client.app.state.retrainer.wait_idle(10)
+    assert answer.json()["action"] == "trigger" and runner.calls[0].trigger == "alert:ModelQualityDegraded"
+
+
+def page(status="firing"):
+    return notification(
+        {**alert(status=status, name="DataQualityDegraded", action="page"),
+         "annotations": {"summary": "Data quality failed", "runbook": "docs/runbooks/DataQualityDegraded.md"}},
+    )  # fmt: skip
+
+
+def test_the_human_receiver_records_pages_and_never_retrains(settings):
+    runner = RecordingRunner()
+    client = TestClient(create_app(settings, runner=runner, monitor=fake_monitor(None, [])))
+    first = client.post("/notifications", json=page())
+    assert first.status_code == 202 and first.json()["alerts"] == 1
+    assert client.post("/notifications", json=page("resolved")).status_code == 202
+    notes = client.get("/api/status").json()["notifications"]
+    assert [n["status"] for n in notes] == ["resolved", "firing"]  # newest first
+    assert notes[1]["alerts"][0] == {
+        "alertname": "DataQualityDegraded", "status": "firing", "severity": "", "summary": "Data quality failed",
+        "runbook": "docs/runbooks/DataQualityDegraded.md", "starts_at": "2026-11-24T10:00:00Z", "ends_at": "",
+        "fingerprint": "abc",
+    }  # fmt: skip
+    assert runner.calls == []
+    text = client.get("/metrics").text
+    assert metric(text, 'sandbox_human_notifications_total{status="firing"}') == 1
+    restarted = TestClient(create_app(settings, runner=runner, monitor=fake_monitor(None, [])))
+    assert len(restarted.get("/api/status").json()["notifications"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ({"status": "firing", "alerts": []}, "alerts"),
+        ({"version": "3", "status": "firing", "alerts": [alert()]}, "version"),
+        ({"status": "firing", "alerts": [{**alert(), "labels": {"severity": "critical"}}]}, "alertname"),
+        ({"status": "firing"}, "alerts"),
+        ("page me", "body"),
+    ],
+)
+def test_bad_input_to_the_human_receiver_is_422_with_the_reason_and_nothing_recorded(settings, body, needle):
+    client = TestClient(create_app(settings, runner=RecordingRunner(), monitor=fake_monitor(None, [])))
+    answer = client.post("/notifications", json=body)
+    assert answer.status_code == 422 and needle in answer.json()["error"], answer.json()
+    assert client.get("/api/status").json()["notifications"] == []
+    assert not (settings.home / "retrainer" / "notifications.jsonl").exists()
+
+
+def test_sandbox_status_prints_the_pages_and_the_held_retrainings(settings):
+    from sandbox import cli
+
+    client = TestClient(create_app(settings, runner=RecordingRunner(), monitor=fake_monitor(FAILED, [])))
+    client.post("/notifications", json=page())
+    client.post("/alerts", json=notification())
+    status = client.get("/api/status").json()
+    with cli.console.capture() as captured:
+        cli.print_pages(status["notifications"], status["held"])
+    text = captured.get()
+    assert "paged" in text and "DataQualityDegraded firing: Data quality failed" in text
+    assert "docs/runbooks/DataQualityDegraded.md" in text
+    assert "retraining held" in text and "DataDriftDetected" in text and "x0.001" in text

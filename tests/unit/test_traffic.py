@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from pipelines.data import DataError
@@ -35,7 +37,7 @@ def test_other_hosts_are_refused(host):
 
 
 @pytest.mark.parametrize(
-    "scenario", ["none", "covariate_shift", "new_category", "missing_values", "concept_drift"]
+    "scenario", ["none", "covariate_shift", "new_category", "missing_values", "concept_drift", "unit_change"]
 )
 def test_generated_rows_are_valid_requests_with_truth(scenario):
     rows, truth = rows_with_truth(
@@ -49,6 +51,43 @@ def test_generated_rows_are_valid_requests_with_truth(scenario):
         assert any(r["region"] == "overseas" for r in rows)
     if scenario == "missing_values":
         assert any(r["income"] is None for r in rows)
+    if scenario == "unit_change":  # income in thousands, still accepted by serving
+        assert max(r["income"] for r in rows) < 2_000
+
+
+def test_invalid_rows_breaks_the_stated_share_the_ways_serving_refuses():
+    from pydantic import ValidationError
+
+    from sandbox.traffic import INVALID_VALUES, check_traffic
+    from services.serving.rejections import parse_refusal
+
+    rows, truth = rows_with_truth(400, "invalid_rows", 1.0, seed=3, reference_std={})
+    assert len(rows) == len(truth) == 400
+    refused: dict[str, int] = {}
+    for row in rows:
+        try:
+            LoanRow(**row)
+        except ValidationError as exc:
+            # Serving's 400 carries these errors; read them back as serving counts them.
+            detail = [
+                {**e, "loc": ["rows", 0, *e["loc"]]}
+                for e in exc.errors(include_context=False, include_input=False)
+            ]
+            rejection = parse_refusal(400, json.dumps({"detail": detail}).encode(), b"", ts=0)
+            ((field, reason),) = rejection.counted(LOAN_SCHEMA.names)
+            refused[f"{field}:{reason}"] = refused.get(f"{field}:{reason}", 0) + 1
+    assert sum(refused.values()) / len(rows) == pytest.approx(0.3, abs=0.06)
+    assert set(refused) == {f"{field}:{reason}" for field, _, reason in INVALID_VALUES}
+    check_traffic(10, 10, "invalid_rows", 1.0, 1)  # a traffic scenario...
+    with pytest.raises(DataError, match="invalid_rows"):
+        check_traffic(10, 10, "flood", 1.0, 1)  # ...named in the choices
+
+
+def test_invalid_rows_is_not_a_training_scenario():
+    from pipelines.scenarios import check_scenario
+
+    with pytest.raises(DataError, match="unknown scenario 'invalid_rows'"):
+        check_scenario("invalid_rows", 1.0)
 
 
 def test_pacer_reads_the_clock_once_so_a_late_request_never_sleeps_negative(monkeypatch):
@@ -91,3 +130,16 @@ def test_label_scheduler_sends_due_labels_and_counts_failures():
         labels.drain()
     assert posted[0] == [{"request_id": "a", "label": 1}, {"request_id": "b", "label": 0}]
     assert summary.labels_sent == 2 and summary.labels_failed == 1
+
+
+def test_incident_help_lists_every_incident_and_refuses_others():
+    from typer.testing import CliRunner
+
+    from sandbox.cli import app
+    from sandbox.traffic import TRAFFIC_SCENARIOS
+
+    runner = CliRunner()
+    shown = runner.invoke(app, ["incident", "--help"], terminal_width=200).output
+    assert all(name in shown for name in TRAFFIC_SCENARIOS if name != "none"), shown
+    refused = runner.invoke(app, ["incident", "flood", "--duration", "1"])
+    assert refused.exit_code == 1 and "choose one of" in refused.output and "invalid_rows" in refused.output

@@ -1,0 +1,139 @@
+"""The incident table on real components: which incident fires which alert, who is told, what retrains.
+
+One embedded stack of its own (free ports, the demo's short intervals): real MLflow, `bentoml serve`,
+monitor, retrainer, Prometheus and Alertmanager under supervisord; kfp.local trains. The steps are the
+demo's own (sandbox/demo.py: each waits for the real signal and fails naming itself); this test
+asserts the outcome of each incident from the outside as well:
+
+| incident | alert | told | retrains | champion |
+|---|---|---|---|---|
+| clean traffic | none | nobody | no | v1 |
+| invalid_rows flood | InputRejectionsHigh | the human receiver | no | v1 |
+| unit_change | DataQualityDegraded | the human receiver | no (held) | v1 |
+| covariate_shift | DataDriftDetected | the retrainer | yes | v2 (promoted) |
+"""
+
+import shutil
+import time
+
+import pytest
+
+from sandbox import local_stack, status
+from sandbox.demo import (
+    QUALITY_ALERT,
+    Demo,
+    DemoError,
+    Timeline,
+    demo_settings,
+    paged_since,
+    retraining_since,
+)
+from sandbox.local_stack import alertmanager_binary
+from sandbox.names import REPO_ROOT
+from sandbox.settings import Settings
+from tests.conftest import free_port
+
+# The monitor's data-quality checks (sandbox_data_quality_ok, /api/status "quality", /ingest "rejected")
+# are built on branch dq-monitor; without them DataQualityDegraded cannot fire.
+MONITOR_JUDGES_QUALITY = '"sandbox_data_quality_ok"' in "".join(
+    p.read_text() for p in (REPO_ROOT / "services" / "monitor").glob("*.py")
+)
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.timeout(2400),
+    pytest.mark.skipif(
+        not MONITOR_JUDGES_QUALITY, reason="needs the monitor's data-quality checks (branch dq-monitor)"
+    ),
+]
+REJECTIONS_ALERT = "InputRejectionsHigh"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    if not (shutil.which("prometheus") and alertmanager_binary()):
+        pytest.fail("needs Prometheus and Alertmanager: run `make setup` (Debian: apt-get install prometheus prometheus-alertmanager)")  # fmt: skip
+    # The services read their settings from the environment supervisord passes on: a stack of its own.
+    names = ("mlflow", "serving", "monitor", "retrainer", "prometheus", "alertmanager")
+    env = pytest.MonkeyPatch()
+    env.setenv("SANDBOX_HOME", str(tmp_path_factory.mktemp("incidents")))
+    for name in names:
+        env.setenv(f"SANDBOX_{name.upper()}_PORT", str(free_port()))
+    settings = demo_settings(Settings())
+    timeline = Timeline(on_event=lambda e: print(f"{e['t']:7.1f}s  {e['event']}  {e['detail']}"))
+    story = Demo(settings, timeline, timeout=420, on_status=print)
+    try:
+        for step in (story.start_stack, story.train_v1, story.start_traffic):
+            step()
+        yield story
+    finally:
+        story.stop_traffic()
+        local_stack.down(settings)
+        env.undo()
+
+
+def firing(settings: Settings) -> set[str]:
+    return {a["name"] for a in status.firing_alerts(settings) or []}
+
+
+def test_1_clean_traffic_fires_nothing(demo):
+    demo.clean_traffic()  # three full-window verdicts, drift share 0, no drift alert
+    settings = demo.settings
+    assert firing(settings) == set()
+    assert status.monitor_status(settings)["quality"]["ok"] is True
+    assert retraining_since(settings, 0) is None
+
+
+def test_2_an_invalid_rows_flood_pages_a_human_and_retrains_nothing(demo):
+    settings, v1 = demo.settings, demo.result.champion_before
+    demo.start_incident("invalid_rows", REJECTIONS_ALERT)
+    started = demo.incident_at
+    note = demo.wait("rejections paged", lambda: paged_since(settings, REJECTIONS_ALERT, started), 120)
+    assert note["receiver"] == "human" and "refused" in note["alert"]["summary"]
+    time.sleep(settings.monitor_interval_seconds * 3)  # a few more judged windows under the flood
+    assert retraining_since(settings, started) is None
+    assert status.champion(settings)["version"] == v1
+    demo.control.switch("none")
+    # Clean again. The monitor counts the refused rows in its windows' rejected share too, so
+    # DataQualityDegraded may have fired as well; both resolve (InputRejectionsHigh once its 5-minute
+    # window is clean) before the next incident, whose alerts must fire anew.
+    demo.wait(
+        "rejections resolve",
+        lambda: not firing(settings) & {REJECTIONS_ALERT, QUALITY_ALERT},
+        480,
+        interval=2,
+    )
+
+
+def test_3_a_unit_change_pages_a_human_holds_retraining_and_keeps_the_champion(demo):
+    settings, v1 = demo.settings, demo.result.champion_before
+    demo.upstream_bug()
+    assert demo.result.quality_alert_s and demo.result.quality_alert_s < 120
+    failed = status.monitor_status(settings)["quality"]["failed"]
+    assert any(f["feature"] == "income" for f in failed), failed
+    demo.retraining_held()  # the human receiver got it; a retrain alert was inhibited or held
+    note = paged_since(settings, QUALITY_ALERT, demo.incident_at)
+    assert note["receiver"] == "human" and note["alert"]["severity"] == "critical"
+    demo.upstream_fixed()  # the alert resolves, nothing retrained, the champion is v1
+    assert demo.result.retrained is False and status.champion(settings)["version"] == v1
+    assert status.served_version(settings) == v1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap (found by this test): the unit change's DataDriftDetected was notified to the retrainer "
+    "(and held) before the inhibition began; it resolved while inhibited, so Alertmanager never notified the "
+    "resolution, and the covariate shift's DataDriftDetected (same labels, same fingerprint) looks like the "
+    "group already notified: nothing is sent until repeat_interval (1h). Fix: a short repeat_interval on the "
+    "retrainer route (the retrainer dedups by fingerprint@startsAt), then drop this marker.",
+)
+def test_4_a_covariate_shift_retrains_and_promotes(demo):
+    settings = demo.settings
+    assert not firing(settings) & {REJECTIONS_ALERT, QUALITY_ALERT}  # nothing inhibits the drift alert
+    demo.incident()  # DataDriftDetected fires
+    demo.retraining()  # the retrainer starts, the gate promotes v2 (a DemoError otherwise)
+    assert int(demo.result.champion_after) > int(demo.result.champion_before)
+    last = status.retrainer_status(settings)["last"]
+    assert last["alertname"] == "DataDriftDetected" and last["state"] == "promoted"
+    assert status.retrainer_status(settings)["held"] == []  # the unit change's drift never got this far
+    with pytest.raises(DemoError):  # and the upstream-bug story's guard sees this retraining
+        demo.no_retraining("after the retraining")
