@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -104,6 +105,23 @@ def start_serving(port: int, env: dict, log_path: Path) -> subprocess.Popen:
              "BENTOML_HOME": str(log_path.parent / "bentoml"), **env},
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
+
+
+@contextlib.contextmanager
+def served(env: dict, log_dir: Path):
+    """A `bentoml serve` on a free port, alive (``/livez``) before its URL is given; stopped after."""
+    from tests.conftest import free_port
+
+    port, log = free_port(), log_dir / "serving.log"
+    proc = start_serving(port, env, log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_until(lambda: httpx.get(f"{url}/livez", timeout=2).status_code == 200, timeout=180), (
+            log.read_text()
+        )
+        yield url
+    finally:
+        stop_process_group(proc)
 
 
 def stop_process_group(proc: subprocess.Popen) -> None:

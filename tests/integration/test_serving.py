@@ -26,8 +26,7 @@ from tests.integration.serving_helpers import (
     metric_value,
     register,
     register_broken,
-    start_serving,
-    stop_process_group,
+    served,
     wait_until,
 )
 
@@ -44,7 +43,6 @@ def monitor():
 
 @pytest.fixture(scope="module")
 def serving(mlflow_server, monitor, tmp_path_factory):
-    port = free_port()
     env = {
         "SANDBOX_MLFLOW_TRACKING_URI": mlflow_server,
         "SANDBOX_MODEL_NAME": MODEL,
@@ -54,16 +52,8 @@ def serving(mlflow_server, monitor, tmp_path_factory):
         "SANDBOX_FEED_MAX_RETRIES": "1",
         "SANDBOX_FEED_TIMEOUT_SECONDS": "0.5",
     }
-    log = tmp_path_factory.mktemp("serving") / "serving.log"
-    proc = start_serving(port, env, log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        assert wait_until(lambda: httpx.get(f"{url}/livez", timeout=2).status_code == 200, timeout=180), (
-            log.read_text()
-        )
+    with served(env, tmp_path_factory.mktemp("serving")) as url:
         yield url
-    finally:
-        stop_process_group(proc)
 
 
 def post(url, payload, **kwargs):

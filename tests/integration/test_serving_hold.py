@@ -11,8 +11,7 @@ import httpx
 import pytest
 
 from services.serving.rows import EXAMPLE_ROW
-from tests.conftest import free_port
-from tests.integration.serving_helpers import register, start_serving, stop_process_group, wait_until
+from tests.integration.serving_helpers import register, served
 
 pytestmark = pytest.mark.integration
 MODEL = "serving-hold-it"
@@ -20,23 +19,14 @@ MODEL = "serving-hold-it"
 
 @pytest.fixture(scope="module")
 def serving(mlflow_server, tmp_path_factory):
-    port = free_port()
     env = {
         "SANDBOX_MLFLOW_TRACKING_URI": mlflow_server,
         "SANDBOX_MODEL_NAME": MODEL,
         "SANDBOX_SERVING_POLL_SECONDS": "60",
         "SANDBOX_MONITOR_FEED": "false",
     }
-    log = tmp_path_factory.mktemp("serving-hold") / "serving.log"
-    proc = start_serving(port, env, log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        assert wait_until(lambda: httpx.get(f"{url}/livez", timeout=2).status_code == 200, timeout=180), (
-            log.read_text()
-        )
+    with served(env, tmp_path_factory.mktemp("serving-hold")) as url:
         yield url
-    finally:
-        stop_process_group(proc)
 
 
 def test_without_a_champion_the_503_comes_at_once_and_names_the_fix(serving):
