@@ -9,8 +9,10 @@ What it measures, against its own throw-away MLflow server (a temp dir, a free 1
   plus the imports that process has to pay (pandas, scikit-learn, MLflow, the project), and its
   peak RSS (``ru_maxrss``, imports included).
 
-It prints a table (step | kfp.local | in-process | ratio), kfp.local's overhead ratio, whether the
-whole embedded run stayed under 20 s, and the same numbers as one JSON line at the end.
+Both runs get the embedded run's environment (``pipelines.run.PIPELINE_ENV``), so the ratio is
+the cost of kfp.local alone. It prints a table (step | kfp.local | in-process | ratio), kfp.local's
+overhead ratio, the two targets (kfp.local at most 1.5x in-process, and under 15 s) and the same
+numbers as one JSON line at the end.
 
 Run from the repository root:
 
@@ -40,7 +42,8 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-TARGET_SECONDS = 20.0
+TARGET_SECONDS = 15.0
+TARGET_RATIO = 1.5
 INPROCESS_MODEL = "bench-inprocess"
 INPROCESS_EXPERIMENT = "bench-inprocess"
 WORKER_MARKER = "BENCH_INPROCESS "
@@ -236,8 +239,11 @@ def run_inprocess(n_rows: int, tmp: Path, port: int) -> dict:
         sys.executable, str(Path(__file__).resolve()), "--inprocess-worker",
         "--n-rows", str(n_rows), "--home", str(tmp), "--port", str(port),
     ]  # fmt: skip
+    from pipelines.run import PIPELINE_ENV
+
+    env = {**PIPELINE_ENV, **os.environ}  # what the embedded run's steps get, so only kfp.local differs
     with log_path.open("w") as log:
-        proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=log, text=True)
+        proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(WORKER_MARKER)]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"in-process run failed ({proc.returncode}):\n{proc.stdout}\n{tail(log_path)}")
@@ -278,6 +284,8 @@ def summarize(n_rows: int, kfp: dict, inproc: dict) -> dict:
         "peak_rss_mb_inprocess": round(inproc["peak_rss_mb"], 1),
         "target_s": TARGET_SECONDS,
         "target_met": kfp["total_s"] < TARGET_SECONDS,
+        "target_ratio": TARGET_RATIO,
+        "ratio_met": kfp["total_s"] <= TARGET_RATIO * inproc["total_s"],
     }
 
 
@@ -310,6 +318,9 @@ def print_report(summary: dict, kfp: dict, inproc: dict) -> None:
     )
     out.print(table)
     out.print(
+        f"load average (1 min) before / after: {summary['load_average'][0]} / {summary['load_average'][1]}"
+    )
+    out.print(
         f"kfp.local peak RSS: sum over up to {kfp['peak_processes']} processes of the run's tree "
         "(shared pages counted per process), MLflow server excluded; in-process: ru_maxrss of one "
         "process, imports included."
@@ -318,10 +329,16 @@ def print_report(summary: dict, kfp: dict, inproc: dict) -> None:
         f"results: kfp.local v{kfp['model_version']} roc_auc={kfp['roc_auc']} promoted={kfp['promoted']}; "
         f"in-process v{inproc['model_version']} roc_auc={inproc['roc_auc']} promoted={inproc['promoted']}"
     )
-    out.print(f"overhead of kfp.local: {fmt(summary['overhead_ratio'], suffix='x')} the in-process time")
-    verdict = "[green]met[/]" if summary["target_met"] else "[red]NOT met[/]"
+
+    def verdict(met: bool) -> str:
+        return "[green]met[/]" if met else "[red]NOT met[/]"
+
     out.print(
-        f"target 'whole embedded run under {TARGET_SECONDS:.0f} s': {verdict} "
+        f"target 'kfp.local at most {TARGET_RATIO}x in-process': {verdict(summary['ratio_met'])} "
+        f"({fmt(summary['overhead_ratio'], suffix='x')})"
+    )
+    out.print(
+        f"target 'whole embedded run under {TARGET_SECONDS:.0f} s': {verdict(summary['target_met'])} "
         f"({summary['total_kfp_s']:.2f} s)"
     )
     print(json.dumps(summary), flush=True)
@@ -359,6 +376,7 @@ def main() -> None:
         inprocess_worker(args.n_rows, args.home, args.port)
         return
 
+    load_before = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -376,7 +394,10 @@ def main() -> None:
         console.print("in-process run ...")
         inproc = run_inprocess(args.n_rows, tmp, port)
         console.print(f"  in-process total {inproc['total_s']:.2f}s")
-        print_report(summarize(args.n_rows, kfp, inproc), kfp, inproc)
+        summary = summarize(args.n_rows, kfp, inproc)
+        # The machine is shared: the 1-minute load before and after says how far to trust the seconds.
+        summary["load_average"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
+        print_report(summary, kfp, inproc)
     finally:
         stop_group(server)
         if args.keep:
