@@ -164,6 +164,14 @@ class TreeRssSampler(threading.Thread):
         self.join()
 
 
+def children_cpu() -> float:
+    """CPU seconds (user + sys) of this process's finished children and theirs: on a shared machine
+    the load stretches wall time, far less the CPU a run needs (the MLflow server, still running,
+    is not counted)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_kfp(n_rows: int, tmp: Path, port: int, mlflow_pid: int) -> dict:
     from sandbox.settings import Settings
     from sandbox.training import train, train_params
@@ -176,6 +184,7 @@ def run_kfp(n_rows: int, tmp: Path, port: int, mlflow_pid: int) -> dict:
 
     sampler = TreeRssSampler(exclude_pids={mlflow_pid})
     sampler.start()
+    cpu_before = children_cpu()
     started = time.perf_counter()
     try:
         result = train(train_params(settings, n_rows=n_rows), settings, on_step)
@@ -184,6 +193,7 @@ def run_kfp(n_rows: int, tmp: Path, port: int, mlflow_pid: int) -> dict:
         sampler.stop()
     return {
         "total_s": total,
+        "cpu_s": children_cpu() - cpu_before,
         "steps": result.step_seconds,
         "peak_rss_mb": sampler.peak_bytes / 2**20,
         "peak_processes": sampler.peak_processes,
@@ -242,12 +252,13 @@ def run_inprocess(n_rows: int, tmp: Path, port: int) -> dict:
     from pipelines.run import PIPELINE_ENV
 
     env = {**PIPELINE_ENV, **os.environ}  # what the embedded run's steps get, so only kfp.local differs
+    cpu_before = children_cpu()
     with log_path.open("w") as log:
         proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(WORKER_MARKER)]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"in-process run failed ({proc.returncode}):\n{proc.stdout}\n{tail(log_path)}")
-    return json.loads(lines[-1][len(WORKER_MARKER) :])
+    return {**json.loads(lines[-1][len(WORKER_MARKER) :]), "cpu_s": children_cpu() - cpu_before}
 
 
 # --- report ------------------------------------------------------------------------------------------
@@ -280,6 +291,9 @@ def summarize(n_rows: int, kfp: dict, inproc: dict) -> dict:
         "total_kfp_s": round(kfp["total_s"], 2),
         "total_inprocess_s": round(inproc["total_s"], 2),
         "overhead_ratio": ratio(kfp["total_s"], inproc["total_s"]),
+        "cpu_kfp_s": round(kfp["cpu_s"], 2),
+        "cpu_inprocess_s": round(inproc["cpu_s"], 2),
+        "cpu_ratio": ratio(kfp["cpu_s"], inproc["cpu_s"]),
         "peak_rss_mb_kfp": round(kfp["peak_rss_mb"], 1),
         "peak_rss_mb_inprocess": round(inproc["peak_rss_mb"], 1),
         "target_s": TARGET_SECONDS,
@@ -309,6 +323,12 @@ def print_report(summary: dict, kfp: dict, inproc: dict) -> None:
         f"[bold]{summary['total_kfp_s']:.2f}[/]",
         f"[bold]{summary['total_inprocess_s']:.2f}[/]",
         f"[bold]{fmt(summary['overhead_ratio'], suffix='x')}[/]",
+    )
+    table.add_row(
+        "CPU s (user + sys, all processes)",
+        f"{summary['cpu_kfp_s']:.2f}",
+        f"{summary['cpu_inprocess_s']:.2f}",
+        fmt(summary["cpu_ratio"], suffix="x"),
     )
     table.add_row(
         "peak RSS (MB)",

@@ -12,8 +12,8 @@ import json
 import typing
 from dataclasses import MISSING, asdict, dataclass, fields
 
+from pipelines.hyperparams import DEFAULT_HYPERPARAMS, HYPERPARAMS
 from pipelines.result import TrainResult  # noqa: F401  (what a run gives back: importable from here too)
-from pipelines.train import DEFAULT_HYPERPARAMS
 from sandbox.settings import Settings
 
 
@@ -33,7 +33,7 @@ class TrainParams:
     n_rows: int = 20000
     seed: int = 0
     csv_path: str = ""
-    # The estimator's hyperparameters (HistGradientBoostingClassifier; defaults in pipelines/train.py).
+    # The estimator's hyperparameters (defaults: pipelines/hyperparams.py).
     learning_rate: float = DEFAULT_HYPERPARAMS["learning_rate"]
     max_iter: int = DEFAULT_HYPERPARAMS["max_iter"]
     max_depth: int = DEFAULT_HYPERPARAMS["max_depth"]
@@ -84,9 +84,6 @@ class TrainParams:
 def logged_params(arguments: dict) -> dict:
     """The pipeline's arguments as the MLflow run logs them: what the pipeline was asked to do."""
     return {k: v for k, v in arguments.items() if k not in ("mlflow_uri", "trigger_info", "params_json")}
-
-
-HYPERPARAMS = tuple(DEFAULT_HYPERPARAMS)
 
 
 def pipeline_signature(return_annotation: type = str) -> inspect.Signature:

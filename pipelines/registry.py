@@ -131,9 +131,6 @@ def log_and_register(
             pip_requirements=pip_requirements(),
             skops_trusted_types=SKOPS_TRUSTED_TYPES,
             registered_model_name=model_name,
-            # MLflow would load the saved model back and predict the example: the signature above
-            # already ran predict_proba on it, so that check only re-deserialises what we hold.
-            validate_serving_input=False,
         )
         # After the model, tied to it in one request: metrics logged before log_model are copied
         # onto the logged model by one metric-history request each (~20 requests here).

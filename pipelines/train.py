@@ -11,10 +11,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.features import FeatureSchema
-
-# The estimator's hyperparameters and their defaults (the pipeline's parameters, TrainParams, take
-# theirs from here): defined in this light module, so the train step needs no settings to read them.
-DEFAULT_HYPERPARAMS = {"learning_rate": 0.1, "max_iter": 200, "max_depth": 6, "min_samples_leaf": 20}
+from pipelines.hyperparams import DEFAULT_HYPERPARAMS
 
 
 def split(frame: pd.DataFrame, schema: FeatureSchema, holdout_fraction: float = 0.25, seed: int = 0):
