@@ -9,6 +9,9 @@ What it measures, against its own throw-away MLflow server (a temp dir, a free 1
   plus the imports that process has to pay (pandas, scikit-learn, MLflow, the project), and its
   peak RSS (``ru_maxrss``, imports included).
 
+Each step also gets its CPU seconds (user + sys): on this shared 2-core machine the load stretches
+wall time several-fold, CPU far less, so the CPU ratio says what kfp.local itself costs.
+
 Both runs get the embedded run's environment (``pipelines.run.PIPELINE_ENV``), so the ratio is
 the cost of kfp.local alone. It prints a table (step | kfp.local | in-process | ratio), kfp.local's
 overhead ratio, the two targets (kfp.local at most 1.5x in-process, and under 15 s) and the same
@@ -125,7 +128,8 @@ def tail(path: Path, lines: int = 30) -> str:
 
 
 class TreeRssSampler(threading.Thread):
-    """Max over time of the summed RSS of this process's descendants, minus the excluded trees."""
+    """Max over time of the summed RSS of this process's descendants, minus the excluded trees; and
+    the CPU seconds of each step's process as last seen (``step_cpu``: up to one interval short)."""
 
     def __init__(self, exclude_pids: set[int], interval: float = 0.1):
         super().__init__(daemon=True)
@@ -134,6 +138,23 @@ class TreeRssSampler(threading.Thread):
         self.peak_bytes = 0
         self.peak_processes = 0
         self._halt = threading.Event()
+        self._steps: dict[int, str | None] = {}  # pid -> the step it runs (None: not a step)
+        self._cpu: dict[int, float] = {}
+
+    def step_of(self, proc: psutil.Process) -> str | None:
+        if proc.pid not in self._steps:
+            argv = proc.cmdline()
+            is_step = "kfp.dsl.executor_main" in argv and "--function_to_execute" in argv
+            self._steps[proc.pid] = argv[argv.index("--function_to_execute") + 1] if is_step else None
+        return self._steps[proc.pid]
+
+    @property
+    def step_cpu(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for pid, seconds in self._cpu.items():
+            step = self._steps[pid].replace("_", "-")  # the function's name -> the task's
+            out[step] = out.get(step, 0.0) + seconds
+        return out
 
     def excluded(self) -> set[int]:
         pids = set(self.exclude_pids)
@@ -151,6 +172,9 @@ class TreeRssSampler(threading.Thread):
             with contextlib.suppress(psutil.Error):
                 total += child.memory_info().rss
                 count += 1
+                if self.step_of(child):
+                    cpu = child.cpu_times()
+                    self._cpu[child.pid] = cpu.user + cpu.system
         if total > self.peak_bytes:
             self.peak_bytes, self.peak_processes = total, count
 
@@ -195,6 +219,7 @@ def run_kfp(n_rows: int, tmp: Path, port: int, mlflow_pid: int) -> dict:
         "total_s": total,
         "cpu_s": children_cpu() - cpu_before,
         "steps": result.step_seconds,
+        "steps_cpu": sampler.step_cpu,
         "peak_rss_mb": sampler.peak_bytes / 2**20,
         "peak_processes": sampler.peak_processes,
         "promoted": result.promoted,
@@ -210,9 +235,10 @@ def run_kfp(n_rows: int, tmp: Path, port: int, mlflow_pid: int) -> dict:
 def inprocess_worker(n_rows: int, tmp: Path, port: int) -> None:
     """The six steps as plain calls in this (fresh) process (``pipelines.steps``); one marked JSON line."""
     timings: dict[str, float] = {}
+    cpu: dict[str, float] = {}  # CPU seconds of this process (every thread) in each step
     begin = time.perf_counter()
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     import mlflow.sklearn  # noqa: F401
     import pandas  # noqa: F401
     import sklearn  # noqa: F401
@@ -222,18 +248,25 @@ def inprocess_worker(n_rows: int, tmp: Path, port: int) -> None:
     from sandbox.settings import Settings
     from sandbox.training import train_params
 
-    timings[IMPORTS_ROW] = time.perf_counter() - started
+    timings[IMPORTS_ROW], cpu[IMPORTS_ROW] = time.perf_counter() - started, time.process_time() - cpu_started
 
     settings = Settings(home=tmp, mlflow_port=port, mlflow_tracking_uri=None)
     params = train_params(
         settings, n_rows=n_rows, model_name=INPROCESS_MODEL, experiment=INPROCESS_EXPERIMENT
     )
-    result = run_steps(params, timed=timings.__setitem__)
+    cpu_last = time.process_time()
+
+    def timed(step: str, seconds: float) -> None:
+        nonlocal cpu_last
+        timings[step], cpu[step], cpu_last = seconds, time.process_time() - cpu_last, time.process_time()
+
+    result = run_steps(params, timed=timed)
     total = time.perf_counter() - begin
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     report = {
         "total_s": total,
         "steps": timings,
+        "steps_cpu": cpu,
         "peak_rss_mb": peak_kib / 1024,
         "promoted": result.promoted,
         "model_version": result.model_version,
@@ -273,18 +306,29 @@ def fmt(value: float | None, spec: str = ".2f", suffix: str = "") -> str:
 
 
 def summarize(n_rows: int, kfp: dict, inproc: dict) -> dict:
+    def rounded(value: float | None) -> float | None:
+        return None if value is None else round(value, 2)
+
     steps: dict[str, dict] = {
-        IMPORTS_ROW: {"kfp_s": None, "inprocess_s": round(inproc["steps"][IMPORTS_ROW], 2), "ratio": None}
-    }
+        IMPORTS_ROW: {
+            "kfp_s": None, "inprocess_s": rounded(inproc["steps"][IMPORTS_ROW]), "ratio": None,
+            "kfp_cpu_s": None, "inprocess_cpu_s": rounded(inproc["steps_cpu"][IMPORTS_ROW]),
+        }
+    }  # fmt: skip
     for step in STEPS:
         k, i = kfp["steps"].get(step), inproc["steps"].get(step)
         steps[step] = {
-            "kfp_s": None if k is None else round(k, 2),
-            "inprocess_s": None if i is None else round(i, 2),
+            "kfp_s": rounded(k),
+            "inprocess_s": rounded(i),
             "ratio": ratio(k, i),
+            "kfp_cpu_s": rounded(kfp["steps_cpu"].get(step)),
+            "inprocess_cpu_s": rounded(inproc["steps_cpu"].get(step)),
         }
     outside = kfp["total_s"] - sum(kfp["steps"].get(step, 0.0) for step in STEPS)
-    steps[OUTSIDE_ROW] = {"kfp_s": round(outside, 2), "inprocess_s": None, "ratio": None}
+    steps[OUTSIDE_ROW] = {
+        "kfp_s": round(outside, 2), "inprocess_s": None, "ratio": None,
+        "kfp_cpu_s": round(kfp["cpu_s"] - sum(kfp["steps_cpu"].values()), 2), "inprocess_cpu_s": None,
+    }  # fmt: skip
     return {
         "n_rows": n_rows,
         "steps": steps,
@@ -310,25 +354,26 @@ def print_report(summary: dict, kfp: dict, inproc: dict) -> None:
     table.add_column("kfp.local (s)", justify="right")
     table.add_column("in-process (s)", justify="right")
     table.add_column("ratio", justify="right")
+    table.add_column("kfp.local CPU (s)", justify="right")
+    table.add_column("in-process CPU (s)", justify="right")
     for step, row in summary["steps"].items():
         kfp_cell = fmt(row["kfp_s"])
         if step == IMPORTS_ROW:
             kfp_cell = "(in every step)"
         elif step == OUTSIDE_ROW:
             step = f"{OUTSIDE_ROW} (start-up, hand-offs)"
-        table.add_row(step, kfp_cell, fmt(row["inprocess_s"]), fmt(row["ratio"], suffix="x"))
+        table.add_row(
+            step, kfp_cell, fmt(row["inprocess_s"]), fmt(row["ratio"], suffix="x"),
+            fmt(row["kfp_cpu_s"]), fmt(row["inprocess_cpu_s"]),
+        )  # fmt: skip
     table.add_section()
     table.add_row(
         "[bold]total[/]",
         f"[bold]{summary['total_kfp_s']:.2f}[/]",
         f"[bold]{summary['total_inprocess_s']:.2f}[/]",
         f"[bold]{fmt(summary['overhead_ratio'], suffix='x')}[/]",
-    )
-    table.add_row(
-        "CPU s (user + sys, all processes)",
-        f"{summary['cpu_kfp_s']:.2f}",
-        f"{summary['cpu_inprocess_s']:.2f}",
-        fmt(summary["cpu_ratio"], suffix="x"),
+        f"[bold]{summary['cpu_kfp_s']:.2f}[/]",
+        f"[bold]{summary['cpu_inprocess_s']:.2f}[/] ({fmt(summary['cpu_ratio'], suffix='x')})",
     )
     table.add_row(
         "peak RSS (MB)",
@@ -339,6 +384,10 @@ def print_report(summary: dict, kfp: dict, inproc: dict) -> None:
     out.print(table)
     out.print(
         f"load average (1 min) before / after: {summary['load_average'][0]} / {summary['load_average'][1]}"
+    )
+    out.print(
+        "CPU: user + sys of every process of the run (the MLflow server excluded); a step's kfp.local CPU "
+        "is its process as last sampled (0.1 s), the rest of the run's CPU is 'outside the steps'."
     )
     out.print(
         f"kfp.local peak RSS: sum over up to {kfp['peak_processes']} processes of the run's tree "
