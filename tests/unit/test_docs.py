@@ -39,6 +39,10 @@ END_OF_CALL = re.compile(r"&&|;|\s\|\s|\s#|\)\s|$")
 OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 MAKE_CALL = re.compile(r"(?<![\w-])make[ \t]+([a-z][\w-]*(?:[ \t]+[a-z][\w-]*)*)")
 SETTING = re.compile(r"\bSANDBOX_[A-Z0-9_]*[A-Z0-9](_\*)?")
+# A file of the repository named in code: `services/serving/feed.py`, `monitoring/prometheus/rules/`.
+REPO_PATH = re.compile(
+    r"^(?:sandbox|pipelines|services|monitoring|manifests|tests|benchmarks|docs)/[\w./-]*$"
+)
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 SERVICE_PORT = re.compile(
     r"\b(mlflow|serving|monitor|retrainer|prometheus|alertmanager|grafana|kfp ui)\b[ \t]*[:(]?[ \t]*:?(\d{4,5})\b",
@@ -93,8 +97,14 @@ def slug(heading: str) -> str:
 
 
 def anchors(path: Path) -> set[str]:
+    """Its headings' anchors; a repeated heading gets -1, -2, ... as on GitHub."""
     text = CODE_BLOCK.sub("", path.read_text())
-    return {slug(h) for h in re.findall(r"^#+\s+(.*)$", text, re.M)}
+    seen: dict[str, int] = {}
+    for heading in re.findall(r"^#+\s+(.*)$", text, re.M):
+        base = slug(heading)
+        seen[f"{base}-{seen[base]}" if base in seen else base] = 0
+        seen[base] = seen.get(base, 0) + 1
+    return set(seen)
 
 
 def table_ports(text: str) -> list[tuple[str, str]]:
@@ -127,6 +137,10 @@ def problems(text: str, where: Path, root: Path = REPO_ROOT) -> list[str]:
             for option in OPTION.findall(rest):
                 if not any(option in options.get(c, set()) for c in commands):
                     found.append(f"`sandbox {words} {option}`: no such option")
+        for word in code.split():
+            path = word.strip("`'\",;:()").split(":")[0]
+            if REPO_PATH.match(path) and not (root / path).exists():
+                found.append(f"{path}: no such file in the repository")
         for call in MAKE_CALL.finditer(code):
             target = call.group(1).split()[0]
             if target not in make_targets():
@@ -172,7 +186,7 @@ BAD = """
 | UI | URL |
 |---|---|
 | Prometheus | http://127.0.0.1:9091 |
-Start with `sandbox up --lokal`, then `sandbox trian`, and `make tset`.
+Read `services/serving/nope.py`. Start with `sandbox up --lokal`, then `sandbox trian`, and `make tset`.
 Set SANDBOX_MONITR_PORT or any SANDBOX_DATA_QUALTY_* threshold; the monitor listens on :8011
 (monitor 8011, http://127.0.0.1:8011). See [the runbook](runbooks/Nope.md) and ![a picture](images/none.png)
 and [a section](#no-such-heading) and [the design](../../shared/DESIGN.md).
@@ -190,6 +204,7 @@ def test_a_typo_of_each_kind_is_found(tmp_path):
     for expected in (
         "`sandbox up --lokal`",
         "`sandbox trian`",
+        "services/serving/nope.py: no such file",
         "`make tset`",
         "SANDBOX_MONITR_PORT",
         "SANDBOX_DATA_QUALTY_*",
