@@ -372,7 +372,15 @@ def doctor(
 
 @app.command()
 def predict(
-    file: Annotated[Path, typer.Option("--file", "-f", help='JSON file: {"rows": [...]} or a list of rows.')],
+    file: Annotated[
+        Path,
+        typer.Option(
+            "--file",
+            "-f",
+            help='JSON file: {"rows": [...]} or a list of rows (make one from GET /model\'s input_example: '
+            "docs/loop-by-hand.md).",
+        ),
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON answer.")] = False,
 ) -> None:
     """Send rows to the serving endpoint and print the predictions."""
@@ -586,7 +594,10 @@ def compile_(
     """Compile train-and-register to KFP IR (what the cluster runs)."""
     from pipelines.run import compile_pipeline
 
-    path = compile_pipeline(output)
+    try:
+        path = compile_pipeline(output)
+    except OSError as exc:
+        fail(f"cannot write {output} ({exc.strerror}); pass --output a path in a writable directory")
     console.print(f"wrote {path}")
 
 
