@@ -52,18 +52,23 @@ CELL_PORT = re.compile(r"(?:^|:)(\d{4,5})\b")
 LOOPBACK_PORT = re.compile(r"(?:127\.0\.0\.1|localhost):(\d{2,5})\b")
 
 
+def command_options(typer_app: typer.Typer) -> dict[str, set[str]]:
+    """Each command's option names (both sides of a --x/--y flag), from typer's click app."""
+
+    def walk(cmd: click.Command, path: str) -> dict[str, set[str]]:
+        found = {path: {o for p in cmd.params for o in (*p.opts, *p.secondary_opts)} | {"--help"}}
+        if hasattr(cmd, "list_commands"):  # a sub-app: `sandbox <group> <command>`
+            ctx = click.Context(cmd)
+            for name in cmd.list_commands(ctx):
+                found |= walk(cmd.get_command(ctx, name), f"{path} {name}".strip())
+        return found
+
+    return walk(typer.main.get_command(typer_app), "")
+
+
 @cache
 def cli_options() -> dict[str, set[str]]:
-    """Each command's option names (both sides of a --x/--y flag), from typer's click app."""
-    group = typer.main.get_command(app)
-    ctx = click.Context(group)
-    commands = {name: group.get_command(ctx, name) for name in group.list_commands(ctx)}
-    options = {
-        name: {o for p in cmd.params for o in (*p.opts, *p.secondary_opts)} | {"--help"}
-        for name, cmd in commands.items()
-    }
-    options[""] = {o for p in group.params for o in (*p.opts, *p.secondary_opts)} | {"--help"}
-    return options
+    return command_options(app)
 
 
 @cache
@@ -122,21 +127,27 @@ def table_ports(text: str) -> list[tuple[str, str]]:
     return found
 
 
-def problems(text: str, where: Path, root: Path = REPO_ROOT) -> list[str]:
+def problems(text: str, where: Path, root: Path = REPO_ROOT, options: dict | None = None) -> list[str]:
     """What in ``text`` (a doc at ``where`` in the tree ``root``) names something that does not exist."""
     found = []
-    options = cli_options()
+    options = options or cli_options()
     for code in code_of(text):
         for call in SANDBOX_CALL.finditer(code):
             words, rest = call.group(2), call.group(3)
             rest = rest[: END_OF_CALL.search(rest).start()]
             commands = [w for w in words.split("/") if w]
+            groups = {name.rsplit(" ", 1)[0] for name in options if " " in name}
+            while len(commands) == 1 and commands[0] in groups:  # `sandbox <group> <command>`
+                sub = re.match(r"[ \t]+([a-z][a-z-]*)", rest)
+                if not sub:
+                    break
+                commands, rest = [f"{commands[0]} {sub.group(1)}"], rest[sub.end() :]
             for command in commands:
                 if command not in options:
                     found.append(f"`sandbox {command}`: no such command")
             for option in OPTION.findall(rest):
                 if not any(option in options.get(c, set()) for c in commands):
-                    found.append(f"`sandbox {words} {option}`: no such option")
+                    found.append(f"`sandbox {'/'.join(commands)} {option}`: no such option")
         for word in code.split():
             path = word.strip("`'\",;:()").split(":")[0]
             if REPO_PATH.match(path) and not (root / path).exists():
@@ -171,6 +182,11 @@ def problems(text: str, where: Path, root: Path = REPO_ROOT) -> list[str]:
         elif anchor and path.suffix == ".md" and anchor not in anchors(path):
             found.append(f"link {target}: no heading #{anchor} in {path.name}")
     return found
+
+
+def test_each_listed_non_settings_variable_is_read_where_it_says():
+    for name, where in NOT_SETTINGS.items():
+        assert name in (REPO_ROOT / where.split(":")[0]).read_text(), f"{name} is not read in {where}"
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(REPO_ROOT)))
@@ -220,6 +236,23 @@ def test_a_typo_of_each_kind_is_found(tmp_path):
     ):
         assert expected in found, f"{expected} not reported in:\n{found}"
     assert "--ignored" not in found
+
+
+def test_a_command_of_a_sub_app_is_checked_with_its_own_options(tmp_path):
+    release, fake = typer.Typer(), typer.Typer()
+
+    @release.command("status")
+    def status(as_json: bool = typer.Option(False, "--json")) -> None: ...
+
+    @release.command("promote")
+    def promote() -> None: ...
+
+    fake.add_typer(release, name="release")
+    text = "`sandbox release status --json`, `sandbox release status --jsn`, `sandbox release stauts`"
+    assert problems(text, tmp_path / "doc.md", root=tmp_path, options=command_options(fake)) == [
+        "`sandbox release status --jsn`: no such option",
+        "`sandbox release stauts`: no such command",
+    ]
 
 
 def test_good_text_passes(tmp_path):
