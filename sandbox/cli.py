@@ -18,12 +18,12 @@ from sandbox.settings import Settings
 
 # The choices each --help lists, written out so that `--help` imports no pandas (pipelines/scenarios.py
 # does); tests/unit/test_docs.py fails when they differ from the code's.
-DRIFT = "covariate_shift | new_category | missing_values | concept_drift | label_shift"
-SCENARIO_CHOICES = f"none | {DRIFT} | unit_change"
-SOURCE_CHOICES = "synthetic | breast_cancer | csv | production"
+DRIFT_HELP = "covariate_shift | new_category | missing_values | concept_drift | label_shift"
+SCENARIOS_HELP = f"none | {DRIFT_HELP} | unit_change"
+SOURCES_HELP = "synthetic | breast_cancer | csv | production"
 SEVERITY_HELP = (
-    "Scenario strength, 0..3: standard deviations for covariate_shift, a share of rows (30 % x severity, "
-    "concept_drift 50 %, unit_change 100 %; at most all) for the others; label_shift grows up to 1."
+    "Scenario strength, 0..3: standard deviations for covariate_shift; for the others a share of rows, "
+    "severity x 30 % (concept_drift 50 %, unit_change 100 %), at most all; label_shift stops growing at 1."
 )
 
 app = typer.Typer(
@@ -471,7 +471,7 @@ def traffic(
     rps: Annotated[float, typer.Option(help="Requests per second (at most 500).")] = 10,
     duration: Annotated[float, typer.Option(help="Seconds to run (at most 3600).")] = 60,
     scenario: Annotated[
-        str, typer.Option(help=f"Scenario of the generated rows: {SCENARIO_CHOICES} | invalid_rows.")
+        str, typer.Option(help=f"Scenario of the generated rows: {SCENARIOS_HELP} | invalid_rows.")
     ] = "none",
     severity: Annotated[float, typer.Option(help=SEVERITY_HELP)] = 1.0,
     label_delay: Annotated[
@@ -494,7 +494,7 @@ def incident(
     scenario: Annotated[
         str,
         typer.Argument(
-            help=f"Drift (the world changed): {DRIFT}. Broken upstream (a human is paged, no retraining): "
+            help=f"Drift (the world changed): {DRIFT_HELP}. Broken upstream (a human is paged, no retraining): "
             "unit_change | invalid_rows. Which alert each fires: docs/loop-by-hand.md."
         ),
     ],
@@ -521,12 +521,12 @@ def train(
     source: Annotated[
         str,
         typer.Option(
-            help=f"{SOURCE_CHOICES} (production: the monitor's labelled records plus clean rows, "
+            help=f"{SOURCES_HELP} (production: the monitor's labelled records plus clean rows, "
             "as the retrainer trains; docs/retraining.md)."
         ),
     ] = DEFAULTS.source,
     scenario: Annotated[
-        str, typer.Option(help=f"Drift scenario applied to the training data: {SCENARIO_CHOICES}.")
+        str, typer.Option(help=f"Drift scenario applied to the training data: {SCENARIOS_HELP}.")
     ] = DEFAULTS.scenario,
     severity: Annotated[float, typer.Option(help=SEVERITY_HELP)] = DEFAULTS.severity,
     n_rows: Annotated[
@@ -616,7 +616,7 @@ def demo(
     scenario: Annotated[
         str,
         typer.Option(
-            help=f"The covariate-shift story's incident: {DRIFT}. The story waits for DataDriftDetected: "
+            help=f"The covariate-shift story's incident: {DRIFT_HELP}. The story waits for DataDriftDetected: "
             "covariate_shift and label_shift fire it (docs/loop-by-hand.md)."
         ),
     ] = "covariate_shift",
