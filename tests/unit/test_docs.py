@@ -45,7 +45,9 @@ REPO_PATH = re.compile(
 )
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 SERVICE_PORT = re.compile(
-    r"\b(mlflow|serving|monitor|retrainer|prometheus|alertmanager|grafana|kfp ui)\b[ \t]*[:(]?[ \t]*:?(\d{4,5})\b",
+    # not a count: "the monitor 1500 rows", "serving 2000-row requests"
+    r"\b(mlflow|serving|monitor|retrainer|prometheus|alertmanager|grafana|kfp ui)\b[ \t]*[:(]?[ \t]*:?(\d{4,5})\b"
+    r"(?![,.]\d|[ \t-]*(?:rows?|records?|requests?)\b)",
     re.I,
 )
 CELL_PORT = re.compile(r"(?:^|:)(\d{4,5})\b")
@@ -259,7 +261,8 @@ def test_good_text_passes(tmp_path):
     good = (
         "`sandbox train --source csv --csv-path F`, `sandbox up --kind`, `sandbox up/status/down`, "
         "`make demo`, SANDBOX_MONITOR_PORT, SANDBOX_DATA_QUALITY_* and SANDBOX_IMAGE; "
-        "monitor 8001, http://127.0.0.1:8001, [settings](settings.md), [here](#a-heading-here).\n"
+        "monitor 8001, http://127.0.0.1:8001, [settings](settings.md), [here](#a-heading-here); "
+        "the monitor 1500 rows, serving 2000-row requests.\n"
         "## A heading, here\n"
     )
     (tmp_path / "settings.md").write_text("# Settings\n")
