@@ -25,7 +25,6 @@ from pipelines.features import LABEL, LOAN_SCHEMA
 from pipelines.scenarios import apply_scenario
 from pipelines.train import features_only
 from tests.manifests.test_dashboards import (
-    REPO,
     RULES,
     all_expressions,
     dashboards,
@@ -206,7 +205,7 @@ def prometheus(tmp_path_factory):
 
     def start(name: str, cmd: list[str]) -> subprocess.Popen:
         logs.append(tmp / f"{name}.log")
-        return start_process_group(cmd, logs[-1], env, cwd=REPO)
+        return start_process_group(cmd, logs[-1], env)
 
     procs = [
         start("prometheus", [

@@ -30,7 +30,6 @@ from tests.support.processes import free_port, start_process_group, stop_process
 
 pytestmark = pytest.mark.integration
 MODEL = "monitor-it"
-REPO = Path(__file__).resolve().parents[2]
 # A short interval for the test; windows as in production (see drift.py on why 1,000 rows).
 LAUNCH = (
     "import uvicorn\n"
@@ -56,7 +55,7 @@ def start_monitor(home: Path, mlflow_uri: str, port: int, factory_cli: bool = Fa
         cmd += ["--host", "127.0.0.1", "--port", str(port)]
     else:
         cmd = [sys.executable, "-c", LAUNCH.format(port=port)]
-    return start_process_group(cmd, home / f"monitor-{port}.log", env, cwd=REPO, append=True)
+    return start_process_group(cmd, home / f"monitor-{port}.log", env, append=True)
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, home: Path) -> None:

@@ -5,7 +5,6 @@ import re
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 import httpx
 import pytest
@@ -15,7 +14,6 @@ from sandbox.settings import Settings
 from tests.support.processes import free_port, start_process_group, stop_process_group, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-REPO = Path(__file__).resolve().parents[2]
 # The real retrainer app with a stand-in pipeline: a fuzzed alert may well say action=retrain.
 RETRAINER = """
 import sys, uvicorn
@@ -80,13 +78,10 @@ def services(tmp_path_factory):
     uvicorn = [venv_bin("uvicorn"), "services.monitor.app:create_app", "--factory"]
     procs = [
         start_process_group(
-            [*uvicorn, "--host", "127.0.0.1", "--port", str(ports["monitor"])],
-            home / "monitor.log",
-            env,
-            REPO,
+            [*uvicorn, "--host", "127.0.0.1", "--port", str(ports["monitor"])], home / "monitor.log", env
         ),
         start_process_group(
-            [sys.executable, "-c", RETRAINER, str(ports["retrainer"])], home / "retrainer.log", env, REPO
+            [sys.executable, "-c", RETRAINER, str(ports["retrainer"])], home / "retrainer.log", env
         ),
     ]
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}

@@ -11,7 +11,6 @@ import pytest
 from pipelines.data import generate_loans
 from pipelines.scenarios import apply_scenario
 from sandbox.local_stack import venv_bin
-from sandbox.names import REPO_ROOT
 from tests.integration.serving_helpers import metric_value, register
 from tests.integration.test_monitor import ingest, records_of
 from tests.support.processes import free_port, start_process_group, stop_process_group, wait_until
@@ -23,7 +22,7 @@ MODEL = "retrain-it"
 def start(app: str, port: int, env: dict, log_path) -> subprocess.Popen:
     """A service as the stack runs it: ``uvicorn <app> --factory`` on 127.0.0.1:``port``."""
     cmd = [venv_bin("uvicorn"), app, "--factory", "--host", "127.0.0.1", "--port", str(port)]
-    return start_process_group(cmd, log_path, env, cwd=REPO_ROOT)
+    return start_process_group(cmd, log_path, env)
 
 
 def notification(fingerprint: str, status: str = "firing") -> dict:

@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import time
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest
@@ -27,7 +26,6 @@ from tests.support.processes import free_port, start_process_group, stop_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 MODEL = "status-page-it"
-REPO = Path(__file__).resolve().parents[2]
 DRIFT_RED = (0xC6, 0x28, 0x28)  # the verdict badge of a drifted window (services/monitor/app.py)
 skip_without_chromium()
 
@@ -71,7 +69,7 @@ def stack(mlflow_server, tmp_path_factory):
     }
 
     def start(name: str, cmd: list[str]) -> subprocess.Popen:
-        return start_process_group(cmd, home / f"{name}.log", env, cwd=REPO)
+        return start_process_group(cmd, home / f"{name}.log", env)
 
     procs = [
         start("alertmanager", [

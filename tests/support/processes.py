@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import psutil
 
+from sandbox.names import REPO_ROOT
+
 
 def free_port() -> int:
     """A 127.0.0.1 port nobody listens on now (bound, then released: nothing must listen there)."""
@@ -69,12 +71,13 @@ def start_process_group(
     command: list[str],
     log_path: Path,
     env: Mapping[str, str] | None = None,
-    cwd: Path | str | None = None,
+    cwd: Path | str = REPO_ROOT,
     append: bool = False,
 ) -> subprocess.Popen:
     """``command`` in a session of its own (= its own process group), output to ``log_path``.
 
-    ``env`` is added to this process's environment. Its own group, so that stop_process_group
+    ``env`` is added to this process's environment; ``cwd`` is the repository (``uvicorn app:...``
+    and ``python -c`` import the project from there). Its own group, so that stop_process_group
     stops what it started too (uvicorn, BentoML and MLflow start workers).
     """
     with log_path.open("a" if append else "w") as log:
