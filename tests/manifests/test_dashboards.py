@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-DASHBOARDS = REPO / "monitoring" / "grafana" / "dashboards"
-RULES = REPO / "monitoring" / "prometheus" / "rules"
+from sandbox.names import REPO_ROOT
+
+DASHBOARDS = REPO_ROOT / "monitoring" / "grafana" / "dashboards"
+RULES = REPO_ROOT / "monitoring" / "prometheus" / "rules"
 DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
 EXPECTED = {"model-overview", "drift", "loop"}
 PANEL_TYPES = {"row", "stat", "timeseries", "state-timeline", "bargauge", "table", "gauge", "heatmap", "text"}
@@ -177,7 +178,7 @@ def exposed_names(kind: str, name: str) -> set[str]:
 
 def defined_in_code() -> set[str]:
     names = set()
-    for path in (REPO / "services").rglob("*.py"):
+    for path in (REPO_ROOT / "services").rglob("*.py"):
         for kind, name in METRIC_DEFINITION.findall(path.read_text()):
             names |= exposed_names(kind, name)
     return names
