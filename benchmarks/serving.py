@@ -57,7 +57,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -74,17 +73,22 @@ from rich.console import Console
 from rich.table import Table
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # tests.support: the one place of ports, waits and process groups
+
+from sandbox.local_stack import BASE_ENV  # noqa: E402
+from tests.support import servers  # noqa: E402
+from tests.support.processes import (  # noqa: E402
+    free_port,
+    start_process_group,
+    stop_process_group,
+    wait_http,
+)
+
 VENV_BIN = Path(sys.executable).parent
 MODEL_NAME = "bench-serving"
 EXPERIMENT = "bench-serving"
 BASELINE, SERVICE, SERVICE_FEED = "mlflow-serve", "bentoml", "bentoml+feed"
 SERVERS = (BASELINE, SERVICE, SERVICE_FEED)
-QUIET_ENV = {
-    "BENTOML_DO_NOT_TRACK": "True",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-}
 LOG_PROBLEM = re.compile(r"Traceback|\bERROR\b|\bCRITICAL\b|Exception|\b5\d\d\b.*(?:error|Error)")
 TARGET_A_RATIO, TARGET_B_RATIO, TARGET_C_COST = 3.0, 1.2, 0.10
 
@@ -95,76 +99,32 @@ console = Console(stderr=True, width=WIDTH)
 # --- processes ---------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return f"(no log at {path})"
-
-
 class Server:
-    """A server in its own session (= process group), logging to a file, stopped with all it spawned."""
+    """A server in its own process group (tests/support/processes.py), logging to a file."""
 
-    def __init__(self, name: str, command: list[str], env: dict[str, str], log_path: Path, cwd: Path):
-        self.name, self.command, self.log_path = name, command, log_path
-        with log_path.open("w") as log:
-            self.proc = subprocess.Popen(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                # The venv's bin first: `mlflow models serve` execs a bare `uvicorn`.
-                env={
-                    **os.environ,
-                    **QUIET_ENV,
-                    "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-                    **env,
-                },
-                cwd=cwd,
-                start_new_session=True,
-            )
+    def __init__(self, name: str, proc: subprocess.Popen, log_path: Path):
+        self.name, self.proc, self.log_path = name, proc, log_path
         self.started = time.monotonic()
 
+    @classmethod
+    def start(cls, name: str, command: list[str], env: dict[str, str], log_path: Path, cwd: Path) -> Server:
+        # The venv's bin first: `mlflow models serve` execs a bare `uvicorn`.
+        path = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+        return cls(
+            name, start_process_group(command, log_path, {**BASE_ENV, "PATH": path, **env}, cwd), log_path
+        )
+
     def wait_ready(self, url: str, timeout: float) -> float:
-        while time.monotonic() - self.started < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{tail(self.log_path)}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url, timeout=2).status_code == 200:
-                    return time.monotonic() - self.started
-            time.sleep(0.5)
-        raise RuntimeError(f"{self.name} not ready at {url} after {timeout:.0f}s:\n{tail(self.log_path)}")
+        """Seconds from the start until ``url`` answers 200 (an error with the log's tail if never)."""
+        wait_http(url, timeout, process=self.proc, log_path=self.log_path)
+        return time.monotonic() - self.started
 
     def stop(self, timeout: float = 20) -> None:
-        """SIGTERM the group, then SIGKILL the group and any descendant that left it."""
-        descendants: list[psutil.Process] = []
-        if self.proc.poll() is None:
-            with contextlib.suppress(psutil.Error):
-                descendants = psutil.Process(self.proc.pid).children(recursive=True)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(5)
-        for child in descendants:
-            with contextlib.suppress(psutil.Error):
-                child.kill()
+        stop_process_group(self.proc, timeout)
 
 
 def start_mlflow(tmp: Path, port: int) -> Server:
-    from sandbox.local_stack import mlflow_server_command
-
-    return Server(
-        "mlflow server", mlflow_server_command("127.0.0.1", port, tmp), {}, tmp / "mlflow-server.log", tmp
-    )
+    return Server("mlflow server", servers.start_mlflow(tmp, port), tmp / "mlflow-server.log")
 
 
 class IngestHandler(BaseHTTPRequestHandler):
@@ -497,7 +457,7 @@ def start_server(
             "--env-manager", "local", "--host", "127.0.0.1", "-p", str(port), "--workers", str(args.workers),
         ]  # fmt: skip
         env = {"MLFLOW_TRACKING_URI": tracking_uri, **threads}
-        return Server(server, command, env, log_path, tmp), base
+        return Server.start(server, command, env, log_path, tmp), base
     command = [
         str(VENV_BIN / "bentoml"), "serve", args.service,
         "--host", "127.0.0.1", "--port", str(port),
@@ -519,7 +479,7 @@ def start_server(
         env["SANDBOX_SERVING_MAX_BATCH_SIZE"] = str(args.max_batch_size)
     if args.max_latency_ms is not None:
         env["SANDBOX_SERVING_MAX_LATENCY_MS"] = str(args.max_latency_ms)
-    return Server(server, command, env, log_path, args.service_dir), base
+    return Server.start(server, command, env, log_path, args.service_dir), base
 
 
 def connection_split(server: Server, port: int) -> list[int]:
@@ -923,7 +883,7 @@ def on_sigterm(signum, frame) -> None:
 def main() -> None:
     args = parse_args()
     signal.signal(signal.SIGTERM, on_sigterm)
-    os.environ.update(QUIET_ENV)
+    os.environ.update(BASE_ENV)
     tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     port = free_port()
     tracking_uri = f"http://127.0.0.1:{port}"
