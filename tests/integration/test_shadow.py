@@ -110,14 +110,18 @@ def probe(serving: str, monitor: str, seed: int) -> tuple[pd.DataFrame, list[dic
     rows, since = example_rows(frame[LOAN_SCHEMA.names]), time.time() - 1
     answers = []
     for start in range(0, PROBE_ROWS, PROBE_ROWS // 4):
-        response = httpx.post(f"{serving}/predict", json={"rows": rows[start : start + PROBE_ROWS // 4]}, timeout=30)
+        response = httpx.post(
+            f"{serving}/predict", json={"rows": rows[start : start + PROBE_ROWS // 4]}, timeout=30
+        )
         assert response.status_code == 200, response.text
         answers.extend(response.json())
     ids = [a["request_id"] for a in answers]
     found: dict[str, dict] = {}
 
     def stored():
-        page = httpx.get(f"{monitor}/api/records", params={"since": since, "limit": 50_000}, timeout=30).json()
+        page = httpx.get(
+            f"{monitor}/api/records", params={"since": since, "limit": 50_000}, timeout=30
+        ).json()
         found.update({r["request_id"]: r for r in page["records"] if r["request_id"] in set(ids)})
         return len(found) == len(ids)
 
@@ -158,16 +162,23 @@ def test_the_challenger_scores_in_shadow_and_never_answers(serving, monitor, ver
         expected = {v: models[v].predict_proba(features)[:, 1] for v in (v1, v2)}
         assert {a["model_version"] for a in answers} == {v1}  # clients get the champion only
         np.testing.assert_allclose([a["probability"] for a in answers], expected[v1], atol=1e-5)
-        assert {r["model_version"] for r in records} == {v1} and {r["shadow_version"] for r in records} == {v2}
+        assert {r["model_version"] for r in records} == {v1} and {r["shadow_version"] for r in records} == {
+            v2
+        }
         np.testing.assert_allclose([r["shadow_probability"] for r in records], expected[v2], atol=1e-6)
         assert [r["shadow_prediction"] for r in records] == [int(p >= 0.5) for p in expected[v2]]
         assert not np.allclose(expected[v1], expected[v2], atol=1e-3)  # two models, really compared
 
         # The release controller's query: labelled rows the challenger scored.
         labels = [{"request_id": r["request_id"], "label": i % 2} for i, r in enumerate(records)]
-        assert httpx.post(f"{monitor}/labels", json={"labels": labels}, timeout=30).json()["updated"] == PROBE_ROWS
+        assert (
+            httpx.post(f"{monitor}/labels", json={"labels": labels}, timeout=30).json()["updated"]
+            == PROBE_ROWS
+        )
         page = httpx.get(
-            f"{monitor}/api/records", params={"labelled": True, "shadow_version": v2, "limit": 50_000}, timeout=30
+            f"{monitor}/api/records",
+            params={"labelled": True, "shadow_version": v2, "limit": 50_000},
+            timeout=30,
         ).json()
         paired = {r["request_id"]: r for r in page["records"]}
         assert {r["request_id"] for r in records} <= set(paired)
