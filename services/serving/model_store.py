@@ -207,8 +207,9 @@ class ModelHolder:
 
 class ShadowHolder(ModelHolder):
     """Holds the ``challenger`` for shadow scoring: the same load, smoke test and swap as the champion's,
-    but it lets go when the alias is removed or points at the champion's own version (a shadow of the
-    champion compares nothing), where the champion's holder keeps serving what it has."""
+    but it holds the alias's version or nothing. Where the champion's holder keeps serving what it has,
+    this one lets go when the alias is removed, points at the champion's own version (a shadow of the
+    champion compares nothing), or moves to a version that does not load (the old one is no challenger)."""
 
     def __init__(self, *args, champion: Callable[[], str | None], **kwargs):
         super().__init__(*args, **kwargs)
@@ -216,11 +217,18 @@ class ShadowHolder(ModelHolder):
 
     def refresh(self) -> bool:
         version = self.alias_version()
-        if version is None or version == self.champion():
-            if self.current is not None:
-                old, self.current = self.current, None
-                log.info("shadow of %s v%s ended (%s@%s: %s)", self.name, old.version, self.name, self.alias,
-                         "the champion's version" if version else "no alias")  # fmt: skip
-                return True  # the caller collects the released model
+        wanted = None if version is None or version == self.champion() else version
+        if wanted is not None and self._follow(wanted):
+            return True
+        if self.current is None or self.current.version == wanted:
             return False
-        return self._follow(version)
+        old, self.current = self.current, None
+        why = (
+            "no alias"
+            if version is None
+            else "the champion's version"
+            if wanted is None
+            else f"v{version} failed"
+        )
+        log.info("shadow of %s v%s ended (%s@%s: %s)", self.name, old.version, self.name, self.alias, why)
+        return True  # the caller collects the released model
