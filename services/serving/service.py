@@ -239,8 +239,7 @@ class Serving:
             log.warning("MLflow not reachable at start (%s); will retry", exc)
         if self.shadow is not None:
             STATE["shadow"] = self.shadow
-            self.shadow.poll()  # never raises: MLflow down means no shadow until a later poll
-            self.shadow.start(SETTINGS.serving_poll_seconds)
+            self.shadow.start(SETTINGS.serving_poll_seconds)  # its first poll at once, off the start-up path
         settle_heap()  # after the model loaded (a later first load or swap settles in the watcher)
         self.holder.start(SETTINGS.serving_poll_seconds)
         log.info(
