@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     # by a hash of the request id, so a row is in or out whatever worker served it. 0 disables shadow.
     # Shadow scoring runs in the monitor feed's sender: with SANDBOX_MONITOR_FEED=false there is none.
     serving_shadow_share: float = Field(1.0, ge=0.0, le=1.0)
+    # Serve a version through its preprocessing compiled to NumPy (services/serving/fastpath.py) once it
+    # matched the sklearn pipeline at load; false serves every version through the pipeline itself.
+    serving_fast_path: bool = True
     # Serving -> monitor feed: bounded queue, batched POSTs, retries with backoff, counted drops.
     monitor_feed: bool = True
     feed_queue_size: int = 10_000

@@ -6,6 +6,10 @@ MLflow is the one source of truth for versions and aliases, a swap is a poll
 of the alias (no copy of every version into a second store, no shared store
 needed between pods), and the native object gives ``predict_proba`` without
 pyfunc's per-call schema enforcement (our pydantic rows already validate).
+
+At load a version's preprocessing is also compiled to NumPy (``fastpath.py``) and checked against
+the pipeline; ``LoadedModel.predict_columns`` serves through it when it passed, else through the
+pipeline (``inference`` says which, ``inference_reason`` why).
 """
 
 from __future__ import annotations
@@ -22,9 +26,14 @@ import numpy as np
 import pandas as pd
 
 from pipelines.features import FeatureSchema
+from pipelines.registry import REFERENCE_ARTIFACT
 from pipelines.train import features_only
+from sandbox.settings import Settings
+from services.serving.fastpath import CompiledPipeline, compile_checked
+from services.serving.rows import model_frame
 
 log = logging.getLogger("sandbox.serving")
+FAST_PATH = Settings.model_fields["serving_fast_path"].default
 
 
 class ModelLoadError(RuntimeError):
@@ -40,9 +49,24 @@ class LoadedModel:
     model: object
     input_example: list[dict]
     loaded_at: float = field(default_factory=time.time)
+    schema: FeatureSchema | None = None  # what predict_columns gets columns of
+    fast: CompiledPipeline | None = None  # the NumPy path, set only once it matched the pipeline
+    inference_reason: str = "not compiled"
+
+    @property
+    def inference(self) -> str:
+        return "numpy" if self.fast is not None else "sklearn"
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        """P(default) per row of a ``features_only`` frame, by the sklearn pipeline."""
         return self.model.predict_proba(frame)[:, 1]
+
+    def predict_columns(self, columns: dict[str, list]) -> np.ndarray:
+        """P(default) per row from one list per feature (``rows.columns_of``): the NumPy path if it
+        passed its check at load, else the pipeline on the frame training gives."""
+        if self.fast is not None:
+            return self.fast.predict_proba(columns)
+        return self.predict_proba(model_frame(columns, self.schema))
 
     def describe(self) -> dict:
         return {
@@ -51,6 +75,8 @@ class LoadedModel:
             "run_id": self.run_id,
             "alias": self.alias,
             "loaded_at": self.loaded_at,
+            "inference": self.inference,
+            "inference_reason": self.inference_reason,
             "input_example": self.input_example,
         }
 
@@ -71,10 +97,37 @@ def smoke_test(model: object, example: pd.DataFrame, schema: FeatureSchema) -> N
         raise ModelLoadError("smoke prediction returned invalid probabilities")
 
 
+def check_sample(tracking_uri: str, run_id: str, example: pd.DataFrame, schema: FeatureSchema):
+    """What a compiled model is checked on: the version's reference sample and input example (the
+    example alone if the reference cannot be read), and a few words saying which."""
+    import mlflow
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=tmp, tracking_uri=tracking_uri
+            )
+            reference = pd.read_parquet(path, columns=schema.names)
+    except Exception as exc:  # an older run without one, or MLflow hiccuped: the example still checks
+        return example[schema.names], f"the input example; no reference sample ({type(exc).__name__})"
+    return pd.concat(
+        [reference, example[schema.names]], ignore_index=True
+    ), "the reference sample and input example"
+
+
 def load_version(
-    client, tracking_uri: str, name: str, version: str, alias: str, schema: FeatureSchema
+    client,
+    tracking_uri: str,
+    name: str,
+    version: str,
+    alias: str,
+    schema: FeatureSchema,
+    fast_path: bool = FAST_PATH,
 ) -> LoadedModel:
-    """Download, load and smoke-test one registered version; raise ``ModelLoadError`` on any failure."""
+    """Download, load and smoke-test one registered version; raise ``ModelLoadError`` on any failure.
+
+    With ``fast_path`` its preprocessing is compiled to NumPy too, served only if it matches the pipeline.
+    """
     import mlflow
     from mlflow.models import Model
 
@@ -93,7 +146,15 @@ def load_version(
         raise
     except Exception as exc:  # any failure to fetch, unpickle or predict means: do not serve it
         raise ModelLoadError(f"{type(exc).__name__}: {exc}") from exc
-    return LoadedModel(name, version, model_version.run_id, alias, model, example_rows(example[schema.names]))
+    fast, reason = None, "SANDBOX_SERVING_FAST_PATH is off"
+    if fast_path:
+        sample, what = check_sample(tracking_uri, model_version.run_id, example, schema)
+        fast, reason = compile_checked(model, schema, sample, what)
+    log.info("%s v%s: %s", name, version, reason)
+    return LoadedModel(
+        name, version, model_version.run_id, alias, model, example_rows(example[schema.names]),
+        schema=schema, fast=fast, inference_reason=reason,
+    )  # fmt: skip
 
 
 class ModelHolder:
@@ -108,6 +169,7 @@ class ModelHolder:
         on_swap: Callable[[LoadedModel | None, LoadedModel], None] = lambda old, new: None,
         on_failure: Callable[[str, str], None] = lambda version, reason: None,
         after_swap: Callable[[], None] = lambda: None,
+        fast_path: bool = FAST_PATH,
     ):
         import mlflow
         from mlflow.tracking import MlflowClient
@@ -120,6 +182,7 @@ class ModelHolder:
         self.current: LoadedModel | None = None  # replaced in one assignment: readers never see half a swap
         self.failed_versions: dict[str, str] = {}
         self.on_swap, self.on_failure, self.after_swap = on_swap, on_failure, after_swap
+        self.fast_path = fast_path
         self._stop = threading.Event()
         self._wake = threading.Event()  # a request without a model asks for a poll now
         self._thread: threading.Thread | None = None
@@ -143,7 +206,9 @@ class ModelHolder:
         if version in self.failed_versions:
             return False  # known bad; wait for the alias to move again
         try:
-            loaded = load_version(self.client, self.tracking_uri, self.name, version, self.alias, self.schema)
+            loaded = load_version(
+                self.client, self.tracking_uri, self.name, version, self.alias, self.schema, self.fast_path
+            )
         except ModelLoadError as exc:
             self.failed_versions[version] = str(exc)
             log.error("not loading %s v%s (@%s): %s (keeping %s)", self.name, version, self.alias, exc,

@@ -44,7 +44,7 @@ from services.serving.feed import MonitorFeed, ServedBatch
 from services.serving.middleware import PREDICT_PATHS, OpenAPIFix
 from services.serving.model_store import LoadedModel, ModelHolder, ShadowHolder
 from services.serving.rejections import REQUEST_REASONS, ROW_REASONS, RejectionWatch, parse_refusal
-from services.serving.rows import EXAMPLE_ROW, MAX_ROWS, LoanRow, Prediction, columns_of, model_frame
+from services.serving.rows import EXAMPLE_ROW, MAX_ROWS, LoanRow, Prediction, columns_of
 from services.serving.shadow import ShadowScorer
 
 log = logging.getLogger("sandbox.serving")
@@ -201,6 +201,7 @@ class Serving:
                     self.metrics["shadow_failures"].labels(SETTINGS.model_name).inc()
                 ),
                 after_swap=settle_heap,
+                fast_path=SETTINGS.serving_fast_path,
             )
             self.metrics["shadow_failures"].labels(SETTINGS.model_name)  # exists from the start, for rate()
         if SETTINGS.monitor_feed:
@@ -226,6 +227,7 @@ class Serving:
             on_swap=self._on_swap,
             on_failure=self._on_failure,
             after_swap=settle_heap,
+            fast_path=SETTINGS.serving_fast_path,
         )
         STATE["holder"] = self.holder
         for reason in REQUEST_REASONS:  # every series exists from the start: rate() sees the first refusal
@@ -314,7 +316,7 @@ class Serving:
         # output's JSON schema, building a pydantic TypeAdapter each time (0.7 ms a response, measured).
         served = self.holder.current  # one version for the whole batch, even if a swap lands meanwhile
         columns = columns_of(rows, LOAN_SCHEMA)  # the rows are validated already: no model_dump per row
-        probabilities = served.predict_proba(model_frame(columns, LOAN_SCHEMA))
+        probabilities = served.predict_columns(columns)  # NumPy, no DataFrame, once checked at load
         labels = (probabilities >= 0.5).astype(int).tolist()
         rounded = np.round(probabilities, 6).tolist()
         ids = os.urandom(16 * len(labels)).hex()  # 128 random bits a row, as uuid4().hex, in one call

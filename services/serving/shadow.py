@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 from pipelines.features import FeatureSchema
 from services.serving.model_store import LoadedModel
-from services.serving.rows import model_frame
 
 log = logging.getLogger("sandbox.serving.shadow")
 
@@ -78,7 +77,7 @@ class ShadowScorer:
         if not total:
             return out
         try:
-            probabilities = model.predict_proba(model_frame(columns, self.schema)).tolist()
+            probabilities = model.predict_columns(columns).tolist()  # the NumPy path if it passed at load
             if len(probabilities) != total or not all(0.0 <= p <= 1.0 for p in probabilities):
                 bad = next((p for p in probabilities if not 0.0 <= p <= 1.0 or math.isnan(p)), None)
                 raise ValueError(f"{len(probabilities)} probabilities for {total} rows (e.g. {bad})")

@@ -31,7 +31,7 @@ class DebtModel:
 
 
 def challenger(model, version="2") -> LoadedModel:
-    return LoadedModel("loan", version, "run", "challenger", model, [])
+    return LoadedModel("loan", version, "run", "challenger", model, [], schema=LOAN_SCHEMA)
 
 
 def batch(n: int, seed: int, version: str = "1", prefix: str = "r") -> ServedBatch:
