@@ -31,6 +31,9 @@ from pipelines.train import features_only
 
 TOLERANCE = 1e-5  # largest |P(default) compiled - P(default) pipeline| allowed on the check rows
 UNSEEN = "unseen-category"  # a value no encoder was fitted on (encoded as all zeros)
+# Reference rows a check uses: they meet every category and a spread of numbers; more only lengthen a
+# swap (the watcher thread holds the GIL while it checks: ~0.1 s a 1,000 rows here).
+CHECK_SAMPLE_ROWS = 2_000
 
 
 class NotCompilable(Exception):

@@ -29,7 +29,7 @@ from pipelines.features import FeatureSchema
 from pipelines.registry import REFERENCE_ARTIFACT
 from pipelines.train import features_only
 from sandbox.settings import Settings
-from services.serving.fastpath import CompiledPipeline, compile_checked
+from services.serving.fastpath import CHECK_SAMPLE_ROWS, CompiledPipeline, compile_checked
 from services.serving.rows import model_frame
 
 log = logging.getLogger("sandbox.serving")
@@ -110,9 +110,8 @@ def check_sample(tracking_uri: str, run_id: str, example: pd.DataFrame, schema: 
             reference = pd.read_parquet(path, columns=schema.names)
     except Exception as exc:  # an older run without one, or MLflow hiccuped: the example still checks
         return example[schema.names], f"the input example; no reference sample ({type(exc).__name__})"
-    return pd.concat(
-        [reference, example[schema.names]], ignore_index=True
-    ), "the reference sample and input example"
+    sample = pd.concat([example[schema.names], reference.head(CHECK_SAMPLE_ROWS)], ignore_index=True)
+    return sample, "the reference sample and input example"
 
 
 def load_version(

@@ -20,7 +20,13 @@ from sandbox.local_stack import venv_bin
 from services.serving.feed import MonitorFeed, ServedBatch
 from services.serving.model_store import example_rows
 from services.serving.rows import EXAMPLE_ROW, LoanRow, columns_of, model_frame
-from tests.integration.serving_helpers import MonitorStandIn, metric_value, register, register_broken
+from tests.integration.serving_helpers import (
+    MonitorStandIn,
+    metric_value,
+    register,
+    register_broken,
+    register_unrecognised,
+)
 from tests.support.processes import free_port, wait_until
 from tests.support.servers import served
 
@@ -74,7 +80,11 @@ def v1(serving, mlflow_server):
 
 
 def test_predictions_match_the_registered_model(serving, v1, mlflow_server):
-    frame = apply_scenario(generate_loans(60, seed=9), "missing_values", 1.0)  # nulls go through too
+    """Served by the NumPy path: the registered pipeline's answers, nulls and unseen categories included."""
+    frame = apply_scenario(generate_loans(60, seed=9), "missing_values", 1.0)
+    frame = apply_scenario(frame, "new_category", 3.0, seed=9)
+    frame.loc[frame.index[::7], ["home_ownership", "purpose"]] = None
+    assert httpx.get(f"{serving}/model").json()["inference"] == "numpy"
     answer = post(serving, {"rows": rows_of(frame)})
     assert answer.status_code == 200, answer.text
     body = answer.json()
@@ -92,6 +102,8 @@ def test_model_endpoint_names_the_champion_and_its_example_is_accepted(serving, 
     assert info["name"] == MODEL and info["version"] == v1 and info["alias"] == "champion"
     assert info["run_id"] == mlflow.tracking.MlflowClient(mlflow_server).get_model_version(MODEL, v1).run_id
     assert info["loaded_at"] <= time.time()
+    assert info["inference"] == "numpy", info["inference_reason"]
+    assert "reference sample and input example" in info["inference_reason"]
     response = post(serving, {"rows": info["input_example"]})
     assert response.status_code == 200 and len(response.json()) == len(info["input_example"])
 
@@ -368,6 +380,20 @@ def test_swap_under_load_has_zero_failures_and_never_serves_a_broken_version(ser
     assert broken not in versions
     # What HighPredictionLatency reads (BentoML's own histogram, per endpoint).
     assert 'bentoml_service_request_duration_seconds_bucket{endpoint="/predict"' in metrics
+
+
+def test_a_model_the_numpy_path_does_not_know_is_served_by_its_pipeline(serving, v1, mlflow_server):
+    version = register_unrecognised(mlflow_server, MODEL)
+    assert wait_until(lambda: httpx.get(f"{serving}/model").json()["version"] == version, timeout=60)
+    info = httpx.get(f"{serving}/model").json()
+    assert info["inference"] == "sklearn" and "StandardScaler" in info["inference_reason"], info
+    frame = apply_scenario(generate_loans(40, seed=10), "missing_values", 1.0)
+    answer = post(serving, {"rows": rows_of(frame)})
+    assert answer.status_code == 200 and {r["model_version"] for r in answer.json()} == {version}
+    mlflow.set_tracking_uri(mlflow_server)
+    model = mlflow.sklearn.load_model(f"models:/{MODEL}/{version}")
+    expected = model.predict_proba(features_only(frame, LOAN_SCHEMA))[:, 1]
+    np.testing.assert_allclose([r["probability"] for r in answer.json()], expected, atol=1e-5)
 
 
 def test_openapi_fuzzing_finds_no_server_error(serving, v1, tmp_path):
