@@ -1,9 +1,9 @@
 """Shadow scoring: the ``challenger`` predicts on served rows, off the request path, and only the monitor hears it.
 
 The monitor feed's sender thread calls ``ShadowScorer.score`` on every set of served batches it drains,
-before it builds their records: one ``predict_proba`` of the challenger on the rows of all of them
-(one model call amortises the ~5 ms of pandas a call costs, where one call per request would double
-the request path's CPU). The answer goes into the records (``shadow_version``, ``shadow_prediction``,
+before it builds their records: one ``predict_columns`` of the challenger on the rows of all of them
+(one model call amortises a call's fixed cost, ~5 ms through the pipeline, where one call per request
+would double the request path's CPU). The answer goes into the records (``shadow_version``, ``shadow_prediction``,
 ``shadow_probability``), never to a client, and a shadow that raises or answers nonsense costs only
 its own fields: the records go out without them, the failure is counted and logged once per version.
 
