@@ -39,6 +39,7 @@ class TrainParams:
     gate_metric: str = _setting("gate_metric")
     min_score: float = _setting("gate_min_score")
     tolerance: float = _setting("gate_tolerance")
+    slice_tolerance: float = _setting("gate_slice_tolerance")
     # Why the run happens, tagged on the MLflow run (trigger_info: JSON, each key as trigger.<key>).
     trigger: str = "manual"
     trigger_info: str = "{}"
@@ -60,6 +61,7 @@ class TrainParams:
                 "gate_metric": settings.gate_metric,
                 "min_score": settings.gate_min_score,
                 "tolerance": settings.gate_tolerance,
+                "slice_tolerance": settings.gate_slice_tolerance,
                 "monitor_url": settings.monitor_url,
                 "clean_rows": settings.retrain_clean_rows,
                 "min_production_rows": settings.retrain_min_production_rows,
@@ -106,7 +108,12 @@ def pipeline_signature(return_annotation: type = str) -> inspect.Signature:
 
 @dataclass
 class TrainResult:
-    """The gate's outcome of one run, the same from the embedded run and from the KFP API."""
+    """The gate's outcome of one run, the same from the embedded run and from the KFP API.
+
+    ``outcome`` is what the offline gate did (its ``gate.decision`` tag): ``promoted`` (no champion
+    yet: champion at once), ``shadow`` (passed: the challenger runs in shadow until the live gate
+    decides, see docs/releases.md) or ``rejected``; ``promoted`` is true only for the first.
+    """
 
     run_id: str
     model_name: str
@@ -116,11 +123,16 @@ class TrainResult:
     reason: str
     champion_version: str | None
     previous_champion_version: str | None = None
+    outcome: str = ""
     step_seconds: dict[str, float] = field(default_factory=dict)
     log: str | None = None  # the embedded run's log file
     kfp_run_id: str | None = None  # set by a run on the KFP API
     kfp_run_url: str | None = None
     submission_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.outcome:  # a result written before outcomes existed
+            self.outcome = "promoted" if self.promoted else "rejected"
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainResult":

@@ -84,7 +84,7 @@ def kind_up(timeout: float) -> None:
             train_params(settings), settings, step_progress(progress, indent="  "), on_cluster=True,
             on_submitted=lambda run_id, url: progress.console.print(f"KFP run: {url}"),
         )  # fmt: skip
-        verdict = "promoted to champion" if result.promoted else f"not promoted: {result.reason}"
+        verdict = "promoted to champion" if result.promoted else f"{result.outcome}: {result.reason}"
         return f"{result.model_name} v{result.model_version} {verdict} (roc_auc {result.metrics.get('roc_auc', 0):.3f})"
 
     try:
@@ -533,9 +533,12 @@ def train(
     if as_json:
         print(json.dumps(summary))
         return
-    verdict = "[green]promoted to champion[/]" if result.promoted else "[yellow]not promoted[/]"
+    verdict = {
+        "promoted": "[green]promoted to champion[/]",
+        "shadow": "[cyan]challenger, in shadow[/] (the live gate decides: `sandbox release status`)",
+    }.get(result.outcome, "[yellow]rejected by the offline gate[/]")
     console.print(f"run {result.run_id}  model {result.model_name} v{result.model_version}: {verdict}")
-    console.print(f"gate: {result.reason}")
+    console.print(f"offline gate: {result.reason}")
     console.print(
         "metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if k != "holdout_rows")
     )
