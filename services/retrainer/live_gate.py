@@ -72,7 +72,9 @@ def compare(
     ys = y[index]
     differences = score_rows(metric, ys, both[1][index]) - score_rows(metric, ys, both[0][index])
     alpha = (1 - confidence) / 2
-    low, high = np.nanquantile(differences, [alpha, 1 - alpha]) if np.isfinite(differences).any() else (np.nan,) * 2
+    low, high = (
+        np.nanquantile(differences, [alpha, 1 - alpha]) if np.isfinite(differences).any() else (np.nan,) * 2
+    )
     return MetricComparison(
         metric, round(float(observed[0]), 5), round(float(observed[1]), 5),
         round(float(observed[1] - observed[0]), 5), round(float(low), 5), round(float(high), 5), len(y),
@@ -161,7 +163,9 @@ def live_gate(
                 return LiveGateResult(False, f"slice {name} regresses on live rows: {c.metric} {c.challenger:.4f} vs "
                                       f"champion {c.champion:.4f} ({pct} {c.low:+.4f}..{c.high:+.4f}, tolerance "
                                       f"{slice_tolerance}, {c.rows} rows)", **result)  # fmt: skip
-    summary = ", ".join(f"{c.metric} {c.difference:+.4f} ({pct} {c.low:+.4f}..{c.high:+.4f})" for c in overall)
+    summary = ", ".join(
+        f"{c.metric} {c.difference:+.4f} ({pct} {c.low:+.4f}..{c.high:+.4f})" for c in overall
+    )
     tie = any(c.low <= 0 <= c.high for c in overall)
     verdict = "tie within tolerance -> promote" if tie else "better -> promote"
     return LiveGateResult(True, f"{verdict}: {summary} on {len(y)} paired rows, every slice within "
