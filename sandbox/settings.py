@@ -20,8 +20,9 @@ class Settings(BaseSettings):
     home: Path = Field(
         REPO_ROOT / ".sandbox", description="State directory: MLflow store, logs, pipeline outputs"
     )
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # every service of the embedded stack listens here, and only here
 
+    # The embedded stack's ports (the tests and benchmarks pick free ones).
     mlflow_port: int = 5000
     serving_port: int = 3000
     monitor_port: int = 8001
