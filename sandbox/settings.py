@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     monitor_base_url: str | None = None
     alertmanager_base_url: str | None = None
     retrainer_base_url: str | None = None
+    prometheus_base_url: str | None = None
     model_name: str = "loan-default"
     experiment: str = "train-and-register"
 
@@ -170,7 +171,7 @@ class Settings(BaseSettings):
 
     @property
     def prometheus_url(self) -> str:
-        return f"http://{self.host}:{self.prometheus_port}"
+        return self.prometheus_base_url or f"http://{self.host}:{self.prometheus_port}"
 
     @property
     def serving_url(self) -> str:
