@@ -40,7 +40,9 @@ IDLE, SHADOW, BAKE = "idle", "shadow", "bake"
 PHASES = (IDLE, SHADOW, BAKE)
 # Latencies below this are never a regression: on a shared 2-core machine p99 doubles by noise.
 MIN_P99_SECONDS = 0.1
-RECORDS_LIMIT = 20_000  # the monitor's rows read per observation (paired or the new champion's)
+# The monitor's latest labelled rows read per observation (paired, or the new champion's in bake):
+# enough for the live gate's 2,000 and a bake's recent quality, small enough to read every poll.
+RECORDS_LIMIT = 5_000
 KEPT_OUTCOMES = 20
 
 
@@ -455,9 +457,13 @@ class ReleaseController:
                 raise ValueError("no `previous` version to roll back to; name one with --to VERSION")
             if target == champion:
                 raise ValueError(f"v{target} is already the champion")
+            from mlflow.exceptions import MlflowException
+
             try:
                 self.client.get_model_version(self.settings.model_name, target)
-            except Exception as exc:
+            except MlflowException as exc:
+                if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+                    raise  # MLflow down: a 503, not "no such version"
                 raise ValueError(f"{self.settings.model_name} has no version {target}") from exc
             load_check(target)  # raises ValueError naming why it does not load
             now = self.clock()

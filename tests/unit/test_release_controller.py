@@ -43,6 +43,8 @@ class FakeMlflow:
         self.tags.setdefault(version, {})[key] = value
 
     def get_model_version(self, name, version):
+        if version == "99":
+            raise MlflowException("no version", error_code=RESOURCE_DOES_NOT_EXIST)
         return Version(version)
 
 
@@ -150,7 +152,12 @@ def test_a_rollback_by_hand_checks_the_target_and_ends_the_phase(tmp_path):
     def refuse(version):
         raise ValueError(f"v{version} does not load")
 
-    for to, check, message in [(None, refuse, "does not load"), ("2", refuse, "already the champion")]:
+    cases = [
+        (None, refuse, "does not load"),
+        ("2", refuse, "already the champion"),
+        ("99", refuse, "no version 99"),
+    ]
+    for to, check, message in cases:
         try:
             controller.rollback(to, check)
         except ValueError as exc:
