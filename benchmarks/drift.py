@@ -42,10 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -75,6 +72,9 @@ from services.monitor.drift import (
 from services.monitor.quality import QualityThresholds, evaluate_quality, evidently_counts, profile
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # tests.support: the one place of ports, waits and process groups
+
+from tests.support.processes import free_port, start_process_group, stop_process_group, wait_http  # noqa: E402
 
 TARGET_EVAL_SECONDS, TARGET_EVAL_ROWS = 1.0, 10_000
 TARGET_DRIFT_AND_QUALITY_SECONDS = 0.2
@@ -252,12 +252,6 @@ LAUNCH = (
 )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def encoded_records(n: int) -> list[str]:
     """Each record as JSON without its request_id, so a batch is built by string joins, not json.dumps."""
     frame = features_only(generate_loans(n, seed=5), LOAN_SCHEMA)
@@ -276,31 +270,14 @@ def bench_ingest(seconds: float, threads: int, batch: int, warmup: float) -> dic
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
-        **os.environ,
         "SANDBOX_HOME": str(home),
         "SANDBOX_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}",  # not needed: the evaluator is idle
         "SANDBOX_ALERTMANAGER_PORT": str(free_port()),
     }
-    log = (home / "monitor.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", LAUNCH.format(port=port)],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    log = home / "monitor.log"
+    proc = start_process_group([sys.executable, "-c", LAUNCH.format(port=port)], log, env, cwd=REPO)
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"monitor did not start:\n{(home / 'monitor.log').read_text()[-3000:]}")
-            time.sleep(0.5)
+        wait_http(f"{url}/healthz", 240, process=proc, log_path=log)
         err.print(f"[ingest] monitor up on {url}; {threads} threads x batches of {batch} for {seconds:.0f}s")
         template = encoded_records(batch)
         lock = threading.Lock()
@@ -355,12 +332,7 @@ def bench_ingest(seconds: float, threads: int, batch: int, warmup: float) -> dic
             "stored_total": stored,
         }
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_group(proc)
 
 
 # --- report ----------------------------------------------------------------------------------------

@@ -50,14 +50,12 @@ sys.path.insert(0, str(REPO))  # benchmarks/ as a namespace package: one set of 
 
 from benchmarks.serving import (  # noqa: E402
     MODEL_NAME,
-    QUIET_ENV,
     SERVICE_FEED,
     VENV_BIN,
     OthersCpu,
     Server,
     console,
     feed_metrics,
-    free_port,
     load,
     log_problems,
     request_body,
@@ -66,6 +64,8 @@ from benchmarks.serving import (  # noqa: E402
     start_server,
     train_and_register,
 )
+from sandbox.local_stack import BASE_ENV  # noqa: E402
+from tests.support.processes import free_port  # noqa: E402
 
 MAX_DURATION_S = 300.0
 
@@ -132,7 +132,7 @@ def start_monitor(tmp: Path, port: int, tracking_uri: str) -> Server:
         "SANDBOX_MODEL_NAME": MODEL_NAME,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
-    return Server("monitor", command, env, tmp / "monitor.log", REPO)
+    return Server.start("monitor", command, env, tmp / "monitor.log", REPO)
 
 
 def wait_delivered(base: str, served: int, timeout: float) -> tuple[dict, float]:
@@ -202,7 +202,7 @@ def on_sigterm(signum, frame) -> None:
 def main() -> None:
     args = parse_args()
     signal.signal(signal.SIGTERM, on_sigterm)
-    os.environ.update(QUIET_ENV)
+    os.environ.update(BASE_ENV)
     tmp = Path(tempfile.mkdtemp(prefix="bench-feed-"))
     tracking_uri = f"http://127.0.0.1:{free_port()}"
     servers: list[Server] = [start_mlflow(tmp, int(tracking_uri.rsplit(":", 1)[1]))]

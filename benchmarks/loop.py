@@ -19,7 +19,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,12 +33,9 @@ SERVICES = ("mlflow", "serving", "monitor", "retrainer", "prometheus", "alertman
 SANDBOX = str(Path(sys.executable).parent / "sandbox")
 RECOVERY_TARGET_S = 180.0
 console = Console(stderr=True)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.support: the one free_port
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.support.processes import free_port  # noqa: E402
 
 
 def spin(seconds: float) -> None:

@@ -22,18 +22,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import resource
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import psutil
@@ -57,65 +52,10 @@ STEPS = {
 }
 
 console = Console(stderr=True)
-
-
-# --- MLflow server -----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/health", timeout=2) as resp:
-            return resp.status < 400
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def start_mlflow(tmp: Path, port: int, log_path: Path) -> subprocess.Popen:
-    from sandbox.local_stack import BASE_ENV, mlflow_server_command
-
-    command = mlflow_server_command("127.0.0.1", port, tmp)
-    env = {**os.environ, **BASE_ENV}
-    with log_path.open("w") as log:
-        # Own session = own process group: stopping it takes the server's workers along.
-        return subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp, start_new_session=True
-        )
-
-
-def wait_healthy(proc: subprocess.Popen, url: str, log_path: Path, timeout: float) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with {proc.returncode}:\n{tail(log_path)}")
-        if healthy(url):
-            return time.monotonic() - started
-        time.sleep(0.5)
-    raise RuntimeError(f"mlflow server not healthy after {timeout:.0f}s:\n{tail(log_path)}")
-
-
-def stop_group(proc: subprocess.Popen, timeout: float = 15) -> None:
-    """SIGTERM the process group, then SIGKILL whatever is left."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(5)
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return f"(no log at {path})"
+REPO = Path(__file__).resolve().parent.parent
+# tests.support: the one place of ports, waits, process groups and MLflow. Imported in the functions
+# that use it, not here: the in-process worker imports this file and must pay its own imports.
+sys.path.insert(0, str(REPO))
 
 
 # --- kfp.local ---------------------------------------------------------------------------------------
@@ -231,6 +171,8 @@ def inprocess_worker(n_rows: int, tmp: Path, port: int) -> None:
 
 def run_inprocess(n_rows: int, tmp: Path, port: int) -> dict:
     """Run ``inprocess_worker`` in a fresh interpreter: it pays its own imports, its RSS is its own."""
+    from tests.support.processes import tail
+
     log_path = tmp / "inprocess.log"
     command = [
         sys.executable, str(Path(__file__).resolve()), "--inprocess-worker",
@@ -359,6 +301,9 @@ def main() -> None:
         inprocess_worker(args.n_rows, args.home, args.port)
         return
 
+    from tests.support.processes import free_port, stop_process_group, wait_http
+    from tests.support.servers import start_mlflow
+
     tmp = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -368,7 +313,7 @@ def main() -> None:
         console.print(f"MLflow server pid {server.pid} on {url} (state in {tmp})")
         console.print(f"warm-up imports in a throw-away process: {warm_up():.1f}s")
         console.print(
-            f"MLflow healthy after {wait_healthy(server, url, mlflow_log, args.startup_timeout):.1f}s"
+            f"MLflow healthy after {wait_http(url + '/health', args.startup_timeout, server, mlflow_log):.1f}s"
         )
         console.print("kfp.local run ...")
         kfp = run_kfp(args.n_rows, tmp, port, server.pid)
@@ -378,7 +323,7 @@ def main() -> None:
         console.print(f"  in-process total {inproc['total_s']:.2f}s")
         print_report(summarize(args.n_rows, kfp, inproc), kfp, inproc)
     finally:
-        stop_group(server)
+        stop_process_group(server)
         if args.keep:
             console.print(f"kept {tmp}")
         else:

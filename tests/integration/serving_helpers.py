@@ -1,28 +1,20 @@
-"""Helpers for the serving tests: register models in-process, a stand-in monitor, a served process."""
+"""Helpers for the serving tests: register models in-process, a stand-in monitor, read /metrics.
+
+(The served process itself is tests/support/servers.py: served().)
+"""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-
-import httpx
 
 from pipelines.data import generate_loans, load_breast_cancer_frame
 from pipelines.evaluate import evaluate_model
 from pipelines.features import LOAN_SCHEMA, breast_cancer_schema
 from pipelines.registry import log_and_register
 from pipelines.train import split, train_model
-
-VENV_BIN = Path(sys.executable).parent
-REPO = Path(__file__).resolve().parents[2]
 
 
 def register(tracking_uri: str, name: str, seed: int = 0, champion: bool = True, **hyperparams) -> str:
@@ -40,15 +32,15 @@ def register(tracking_uri: str, name: str, seed: int = 0, champion: bool = True,
     return version
 
 
-def register_broken(tracking_uri: str, name: str) -> str:
-    """A version that loads but cannot serve the loan schema (a breast-cancer model), made champion."""
+def register_broken(tracking_uri: str, name: str, alias: str = "champion") -> str:
+    """A version that loads but cannot serve the loan schema (a breast-cancer model), given ``alias``."""
     from mlflow.tracking import MlflowClient
 
     frame = load_breast_cancer_frame()
     schema = breast_cancer_schema()
     model = train_model(frame, schema, max_iter=5)
     _, version = log_and_register(tracking_uri, model, schema, frame, {}, {}, name, "it")
-    MlflowClient(tracking_uri).set_registered_model_alias(name, "champion", version)
+    MlflowClient(tracking_uri).set_registered_model_alias(name, alias, version)
     return version
 
 
@@ -93,56 +85,6 @@ class MonitorStandIn:
     def stop(self):
         self.server.shutdown()
         self.server.server_close()
-
-
-def start_serving(port: int, env: dict, log_path: Path) -> subprocess.Popen:
-    log = log_path.open("w")
-    return subprocess.Popen(
-        [str(VENV_BIN / "bentoml"), "serve", "services.serving.service:Serving", "--working-dir", str(REPO),
-         "--host", "127.0.0.1", "--port", str(port)],
-        # A BENTOML_HOME of its own, as the stack gives serving: BentoML wipes its metrics dir at start.
-        env={**os.environ, "BENTOML_DO_NOT_TRACK": "True", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-             "BENTOML_HOME": str(log_path.parent / "bentoml"), **env},
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-
-
-@contextlib.contextmanager
-def served(env: dict, log_dir: Path):
-    """A `bentoml serve` on a free port, alive (``/livez``) before its URL is given; stopped after."""
-    from tests.conftest import free_port
-
-    port, log = free_port(), log_dir / "serving.log"
-    proc = start_serving(port, env, log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        assert wait_until(lambda: httpx.get(f"{url}/livez", timeout=2).status_code == 200, timeout=180), (
-            log.read_text()
-        )
-        yield url
-    finally:
-        stop_process_group(proc)
-
-
-def stop_process_group(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
-def wait_until(predicate, timeout: float = 60, interval: float = 0.5) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(interval)
-    return False
 
 
 def metric_value(metrics_text: str, name: str, **labels) -> float:

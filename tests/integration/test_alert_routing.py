@@ -2,7 +2,6 @@
 pages reach the human receiver, and a data-quality alert inhibits the retrain route."""
 
 import datetime as dt
-import subprocess
 import time
 
 import httpx
@@ -10,9 +9,9 @@ import pytest
 
 from sandbox.local_stack import alertmanager_binary, render_monitoring_config
 from sandbox.settings import Settings
-from tests.conftest import free_port
-from tests.integration.serving_helpers import metric_value, stop_process_group, wait_until
+from tests.integration.serving_helpers import metric_value
 from tests.integration.test_retrainer import start
+from tests.support.processes import free_port, start_process_group, stop_process_group, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -34,10 +33,10 @@ def routing(tmp_path_factory):
     retrainer = start(
         "services.retrainer.app:create_app", settings.retrainer_port, env, home / "retrainer.log"
     )
-    alertmanager = subprocess.Popen(
+    alertmanager = start_process_group(
         [binary, f"--config.file={config}", f"--storage.path={home / 'am'}",
          f"--web.listen-address=127.0.0.1:{settings.alertmanager_port}", "--cluster.listen-address="],
-        stdout=(home / "alertmanager.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        home / "alertmanager.log",
     )  # fmt: skip
     try:
         for url in (f"{settings.retrainer_url}/healthz", f"{settings.alertmanager_url}/-/ready"):

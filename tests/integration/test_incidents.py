@@ -31,7 +31,7 @@ from sandbox.demo import (
 from sandbox.local_stack import alertmanager_binary
 from sandbox.names import REPO_ROOT
 from sandbox.settings import Settings
-from tests.conftest import free_port
+from tests.support.processes import free_port
 
 # The monitor's data-quality checks (sandbox_data_quality_ok, /api/status "quality", /ingest "rejected")
 # are built on branch dq-monitor; without them DataQualityDegraded cannot fire.
@@ -40,6 +40,7 @@ MONITOR_JUDGES_QUALITY = '"sandbox_data_quality_ok"' in "".join(
 )
 pytestmark = [
     pytest.mark.integration,
+    pytest.mark.slow,  # the loop's story under incidents: minutes
     pytest.mark.timeout(2400),
     pytest.mark.skipif(
         not MONITOR_JUDGES_QUALITY, reason="needs the monitor's data-quality checks (branch dq-monitor)"

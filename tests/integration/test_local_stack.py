@@ -6,7 +6,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -16,7 +15,7 @@ import pytest
 from sandbox import local_stack
 from sandbox.settings import Settings
 from services.serving.rows import EXAMPLE_ROW
-from tests.conftest import free_port
+from tests.support.processes import free_port, wait_until
 
 pytestmark = pytest.mark.integration
 SANDBOX = str(Path(sys.executable).parent / "sandbox")
@@ -51,15 +50,6 @@ def mlflow_row(env) -> dict:
     return next(r for r in json.loads(result.stdout)["services"] if r["name"] == "mlflow")
 
 
-def wait_for(predicate, timeout=90):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(1)
-    return False
-
-
 def test_up_is_healthy_and_idempotent(env):
     first = cli(env, "up")
     assert first.returncode == 0, first.stderr
@@ -85,8 +75,10 @@ def test_train_through_the_cli(env):
 
 
 def test_serving_in_the_stack_answers_sandbox_predict(env, tmp_path):
-    assert wait_for(
-        lambda: (json.loads(cli(env, "status", "--json").stdout).get("served") or {}).get("version") == "1"
+    assert wait_until(
+        lambda: (json.loads(cli(env, "status", "--json").stdout).get("served") or {}).get("version") == "1",
+        timeout=90,
+        interval=1,
     )
     rows = tmp_path / "rows.json"
     rows.write_text(json.dumps([EXAMPLE_ROW, {**EXAMPLE_ROW, "credit_score": 420, "debt_to_income": 1.2}]))
@@ -96,7 +88,7 @@ def test_serving_in_the_stack_answers_sandbox_predict(env, tmp_path):
     assert [r["model_version"] for r in answer] == ["1", "1"]
     assert answer[1]["probability"] > answer[0]["probability"]  # a poor score and heavy debt look riskier
     monitor = f"http://127.0.0.1:{env['SANDBOX_MONITOR_PORT']}/api/status"
-    assert wait_for(lambda: httpx.get(monitor, timeout=5).json()["store"]["records"] >= 2, timeout=30)
+    assert wait_until(lambda: httpx.get(monitor, timeout=5).json()["store"]["records"] >= 2, 30, interval=1)
     rows.write_text(json.dumps({"rows": [{**EXAMPLE_ROW, "age": "old"}]}))
     bad = cli(env, "predict", "--file", str(rows))
     assert bad.returncode == 1 and "rows.0.age" in bad.stderr and "Traceback" not in bad.stderr
@@ -130,7 +122,7 @@ def test_traffic_reaches_serving_and_labels_reach_the_monitor(env):
             and after["labelled"] - before["labelled"] == summary["rows"]
         )
 
-    assert wait_for(stored, timeout=30)
+    assert wait_until(stored, timeout=30, interval=1)
 
 
 def test_bad_parameters_give_a_clear_error_and_no_traceback(env, tmp_path):
@@ -169,7 +161,7 @@ def test_prometheus_scrapes_the_stack_and_loads_the_rules(env):
             "alertmanager",
         }
 
-    assert wait_for(scraped, timeout=60)
+    assert wait_until(scraped, timeout=60, interval=1)
     rules = httpx.get(f"{prometheus}/api/v1/rules", timeout=5).json()["data"]["groups"][0]["rules"]
     assert {r["name"] for r in rules} >= {"DataDriftDetected", "ServingDown", "MonitorStale"}
 
@@ -177,13 +169,13 @@ def test_prometheus_scrapes_the_stack_and_loads_the_rules(env):
         query = {"query": 'sandbox_model_info{job="serving"} == 1'}
         return httpx.get(f"{prometheus}/api/v1/query", params=query, timeout=5).json()["data"]["result"]
 
-    assert wait_for(champion_is_scraped, timeout=60)
+    assert wait_until(champion_is_scraped, timeout=60, interval=1)
 
 
 def test_killed_mlflow_is_restarted(env):
     before = mlflow_row(env)
     os.killpg(before["pid"], signal.SIGKILL)
-    assert wait_for(lambda: (r := mlflow_row(env))["healthy"] and r["pid"] != before["pid"]), (
+    assert wait_until(lambda: (r := mlflow_row(env))["healthy"] and r["pid"] != before["pid"], 90, 1), (
         "supervisord restarts it"
     )
 

@@ -21,16 +21,15 @@ from pipelines.data import generate_loans
 from pipelines.features import LABEL, LOAN_SCHEMA
 from pipelines.scenarios import apply_scenario
 from pipelines.train import features_only
+from sandbox.local_stack import venv_bin
 from sandbox.settings import Settings
 from services.monitor.app import create_app
 from services.monitor.evaluator import MonitorConfig
-from tests.conftest import free_port
-from tests.integration.serving_helpers import metric_value, register, stop_process_group, wait_until
+from tests.integration.serving_helpers import metric_value, register
+from tests.support.processes import free_port, start_process_group, stop_process_group, wait_until
 
 pytestmark = pytest.mark.integration
 MODEL = "monitor-it"
-REPO = Path(__file__).resolve().parents[2]
-VENV_BIN = Path(sys.executable).parent
 # A short interval for the test; windows as in production (see drift.py on why 1,000 rows).
 LAUNCH = (
     "import uvicorn\n"
@@ -42,25 +41,23 @@ LAUNCH = (
 )
 
 
-def start_monitor(home: Path, mlflow_uri: str, port: int, factory_cli: bool = False) -> subprocess.Popen:
+def start_monitor(
+    home: Path, mlflow_uri: str, port: int, factory_cli: bool = False, model: str = MODEL
+) -> subprocess.Popen:
     env = {
-        **os.environ,
         "SANDBOX_HOME": str(home),
         "SANDBOX_MLFLOW_TRACKING_URI": mlflow_uri,
-        "SANDBOX_MODEL_NAME": MODEL,
+        "SANDBOX_MODEL_NAME": model,
         "SANDBOX_ALERTMANAGER_PORT": str(free_port()),  # nothing listens: the page says "unreachable"
         "SANDBOX_RETRAINER_PORT": str(free_port()),  # likewise, not a stack that may run on 8002
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     }
     if factory_cli:  # exactly how the stack runs it
-        cmd = [str(VENV_BIN / "uvicorn"), "services.monitor.app:create_app", "--factory"]
+        cmd = [venv_bin("uvicorn"), "services.monitor.app:create_app", "--factory"]
         cmd += ["--host", "127.0.0.1", "--port", str(port)]
     else:
         cmd = [sys.executable, "-c", LAUNCH.format(port=port)]
-    log = (home / f"monitor-{port}.log").open("a")
-    return subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
+    return start_process_group(cmd, home / f"monitor-{port}.log", env, append=True)
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, home: Path) -> None:

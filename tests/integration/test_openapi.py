@@ -1,22 +1,19 @@
 """The monitor's and the retrainer's OpenAPI say what they answer: checked in the document, then by
 schemathesis against each as a real process (serving's run is in test_serving.py)."""
 
-import os
 import re
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 import httpx
 import pytest
 
+from sandbox.local_stack import venv_bin
 from sandbox.settings import Settings
-from tests.conftest import free_port
-from tests.integration.serving_helpers import VENV_BIN, stop_process_group, wait_until
+from tests.support.processes import free_port, start_process_group, stop_process_group, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-REPO = Path(__file__).resolve().parents[2]
 # The real retrainer app with a stand-in pipeline: a fuzzed alert may well say action=retrain.
 RETRAINER = """
 import sys, uvicorn
@@ -64,13 +61,6 @@ def test_the_documents_name_every_answer_and_its_content_type(tmp_path):
     ]
 
 
-def start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        cmd, cwd=REPO, env={**os.environ, **env}, stdout=log.open("w"), stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def services(tmp_path_factory):
     """The monitor as the stack runs it (no MLflow: its page says unreachable) and the retrainer."""
@@ -85,10 +75,14 @@ def services(tmp_path_factory):
         "SANDBOX_MONITOR_INTERVAL_SECONDS": "2",  # evaluations run while the fuzzer writes
         "SANDBOX_RETRAIN_COOLDOWN_SECONDS": "1",
     }
-    uvicorn = [str(VENV_BIN / "uvicorn"), "services.monitor.app:create_app", "--factory"]
+    uvicorn = [venv_bin("uvicorn"), "services.monitor.app:create_app", "--factory"]
     procs = [
-        start([*uvicorn, "--host", "127.0.0.1", "--port", str(ports["monitor"])], env, home / "monitor.log"),
-        start([sys.executable, "-c", RETRAINER, str(ports["retrainer"])], env, home / "retrainer.log"),
+        start_process_group(
+            [*uvicorn, "--host", "127.0.0.1", "--port", str(ports["monitor"])], home / "monitor.log", env
+        ),
+        start_process_group(
+            [sys.executable, "-c", RETRAINER, str(ports["retrainer"])], home / "retrainer.log", env
+        ),
     ]
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     try:
@@ -106,7 +100,7 @@ def test_schemathesis_finds_no_server_error_nor_undocumented_answer(services, na
     with tempfile.TemporaryDirectory() as reports:
         result = subprocess.run(
             [
-                str(VENV_BIN / "st"), "run", f"{services[name]}/openapi.json",
+                venv_bin("st"), "run", f"{services[name]}/openapi.json",
                 "--checks", CHECKS, "--max-examples", "40", "--max-time", "60", "--request-timeout", "30",
                 "--workers", "1", "--suppress-health-check", "all", "--report-dir", reports,
             ],

@@ -7,43 +7,25 @@ screenshot is kept in test-artifacts/report.png.
 from __future__ import annotations
 
 import re
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from sandbox.report import VERSION_COLOURS, write_report
-from tests.integration.test_status_page_browser import ARTIFACTS, CHROMIUM, pixels_near, text_of
+from tests.support.browser import pixels_near, render, skip_without_chromium, text_of
 from tests.unit.test_report import ALERT, END, EVENTS, recorded, run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SIZE = (1280, 2600)  # the whole page: numbers, timeline, six panels, the folded JSON
+OFFLINE_PLOTLY = (
+    "--disable-background-networking",  # offline: the page must need nothing from the network
+    "--virtual-time-budget=5000",  # let plotly draw before the screenshot
+)
+skip_without_chromium()
 
 
 def hex_rgb(colour: str) -> tuple[int, int, int]:
     return tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))
-
-
-def render(page: Path, name: str, profile: Path) -> tuple[str, Image.Image]:
-    ARTIFACTS.mkdir(exist_ok=True)
-    screenshot = ARTIFACTS / f"{name}.png"
-    screenshot.unlink(missing_ok=True)
-    result = subprocess.run(
-        [
-            CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            "--hide-scrollbars", "--no-first-run", "--no-default-browser-check",
-            "--disable-background-networking",  # offline: the page must need nothing from the network
-            f"--user-data-dir={profile}", f"--window-size={SIZE[0]},{SIZE[1]}",
-            "--virtual-time-budget=5000",  # let plotly draw before the screenshot
-            f"--screenshot={screenshot}", "--dump-dom", page.as_uri(),
-        ],
-        capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
-    assert result.returncode == 0 and screenshot.is_file(), result.stderr[-3000:]
-    (ARTIFACTS / f"{name}.html").write_text(result.stdout)
-    return result.stdout, Image.open(screenshot).convert("RGB")
 
 
 def test_the_report_shows_numbers_timeline_and_labelled_plots_of_the_recovery(tmp_path):
@@ -52,7 +34,7 @@ def test_the_report_shows_numbers_timeline_and_labelled_plots_of_the_recovery(tm
     page = write_report(
         tmp_path, events, result, recorded(started), started=started, alert=ALERT, final_scrape_timeout=5
     )
-    dom, image = render(page, "report", tmp_path / "profile")
+    dom, image = render(page.as_uri(), "report", tmp_path / "profile", SIZE, OFFLINE_PLOTLY)
     text = text_of(dom)
 
     assert "<title>mlops-sandbox demo</title>" in dom and "loop closed" in text

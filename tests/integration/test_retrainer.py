@@ -1,9 +1,7 @@
 """The retrainer for real: a uvicorn process, a real monitor with production records, a real MLflow,
 and train-and-register run through kfp.local on an Alertmanager-shaped notification."""
 
-import os
 import subprocess
-import sys
 import time
 
 import httpx
@@ -12,22 +10,19 @@ import pytest
 
 from pipelines.data import generate_loans
 from pipelines.scenarios import apply_scenario
-from tests.conftest import free_port
-from tests.integration.serving_helpers import metric_value, register, stop_process_group, wait_until
+from sandbox.local_stack import venv_bin
+from tests.integration.serving_helpers import metric_value, register
 from tests.integration.test_monitor import ingest, records_of
+from tests.support.processes import free_port, start_process_group, stop_process_group, wait_until
 
 pytestmark = pytest.mark.integration
 MODEL = "retrain-it"
-VENV_BIN = os.path.dirname(sys.executable)
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def start(app: str, port: int, env: dict, log_path) -> subprocess.Popen:
-    cmd = [f"{VENV_BIN}/uvicorn", app, "--factory", "--host", "127.0.0.1", "--port", str(port)]
-    return subprocess.Popen(
-        cmd, cwd=REPO, env={**os.environ, **env}, stdout=log_path.open("w"), stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )  # fmt: skip
+    """A service as the stack runs it: ``uvicorn <app> --factory`` on 127.0.0.1:``port``."""
+    cmd = [venv_bin("uvicorn"), app, "--factory", "--host", "127.0.0.1", "--port", str(port)]
+    return start_process_group(cmd, log_path, env)
 
 
 def notification(fingerprint: str, status: str = "firing") -> dict:

@@ -16,19 +16,13 @@ from pipelines.data import generate_loans
 from pipelines.features import LOAN_SCHEMA
 from pipelines.scenarios import apply_scenario
 from pipelines.train import features_only
+from sandbox.local_stack import venv_bin
 from services.serving.feed import MonitorFeed, ServedBatch
 from services.serving.model_store import example_rows
 from services.serving.rows import EXAMPLE_ROW, LoanRow, columns_of, model_frame
-from tests.conftest import free_port
-from tests.integration.serving_helpers import (
-    VENV_BIN,
-    MonitorStandIn,
-    metric_value,
-    register,
-    register_broken,
-    served,
-    wait_until,
-)
+from tests.integration.serving_helpers import MonitorStandIn, metric_value, register, register_broken
+from tests.support.processes import free_port, wait_until
+from tests.support.servers import served
 
 pytestmark = pytest.mark.integration
 MODEL = "serving-it"
@@ -380,7 +374,7 @@ def test_openapi_fuzzing_finds_no_server_error(serving, v1, tmp_path):
     """schemathesis against BentoML's OpenAPI for /predict: no 5xx, responses match the documented schema."""
     result = subprocess.run(
         [
-            str(VENV_BIN / "st"), "run", f"{serving}/docs.json",
+            venv_bin("st"), "run", f"{serving}/docs.json",
             "--include-path", "/predict",
             "--checks", "not_a_server_error,response_schema_conformance,content_type_conformance",
             "--max-examples", "60", "--max-time", "90", "--request-timeout", "30",

@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from services.serving.rows import EXAMPLE_ROW
-from tests.integration.serving_helpers import register, served
+from tests.integration.serving_helpers import register
+from tests.support.servers import served
 
 pytestmark = pytest.mark.integration
 MODEL = "serving-hold-it"

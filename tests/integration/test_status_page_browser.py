@@ -6,72 +6,28 @@ and during a drift incident with an alert firing. Screenshots are kept in test-a
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image
 
 from pipelines.data import generate_loans
 from pipelines.features import LABEL, LOAN_SCHEMA
 from pipelines.scenarios import apply_scenario
 from pipelines.train import features_only
-from sandbox.local_stack import alertmanager_binary
-from tests.conftest import free_port, wait_http
-from tests.integration.serving_helpers import register, stop_process_group, wait_until
+from sandbox.local_stack import alertmanager_binary, venv_bin
+from tests.integration.serving_helpers import register
+from tests.support.browser import ARTIFACTS, pixels_near, render, skip_without_chromium, text_of
+from tests.support.processes import free_port, start_process_group, stop_process_group, wait_http, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 MODEL = "status-page-it"
-REPO = Path(__file__).resolve().parents[2]
-ARTIFACTS = REPO / "test-artifacts"
-VENV_BIN = Path(sys.executable).parent
-CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 DRIFT_RED = (0xC6, 0x28, 0x28)  # the verdict badge of a drifted window (services/monitor/app.py)
-
-if CHROMIUM is None:
-    pytest.skip(
-        "chromium is not installed: `make setup` installs it (Debian/Ubuntu: apt-get install "
-        "--no-install-recommends chromium fonts-dejavu-core)",
-        allow_module_level=True,
-    )
-
-
-def render(url: str, name: str, profile: Path) -> tuple[str, Image.Image]:
-    """The DOM as headless Chromium built it, and a 1280x1600 screenshot kept as test-artifacts/<name>.png."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    screenshot = ARTIFACTS / f"{name}.png"
-    screenshot.unlink(missing_ok=True)
-    result = subprocess.run(
-        [
-            CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            "--hide-scrollbars", "--no-first-run", "--no-default-browser-check",
-            f"--user-data-dir={profile}", "--window-size=1280,1600",
-            f"--screenshot={screenshot}", "--dump-dom", url,
-        ],
-        capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
-    assert result.returncode == 0 and screenshot.is_file(), result.stderr[-3000:]
-    (ARTIFACTS / f"{name}.html").write_text(result.stdout)
-    return result.stdout, Image.open(screenshot).convert("RGB")
-
-
-def pixels_near(image: Image.Image, color: tuple[int, int, int], tolerance: int = 8) -> int:
-    return sum(
-        n
-        for n, c in image.getcolors(maxcolors=image.width * image.height)
-        if all(abs(a - b) <= tolerance for a, b in zip(c, color, strict=True))
-    )
-
-
-def text_of(dom: str) -> str:
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
+skip_without_chromium()
 
 
 def records(frame, version: str) -> list[dict]:
@@ -103,7 +59,6 @@ def stack(mlflow_server, tmp_path_factory):
     am_port, monitor_port = free_port(), free_port()
     (home / "alertmanager.yml").write_text("route:\n  receiver: default\nreceivers:\n  - name: default\n")
     env = {
-        **os.environ,
         "SANDBOX_HOME": str(home),
         "SANDBOX_MLFLOW_TRACKING_URI": mlflow_server,
         "SANDBOX_MODEL_NAME": MODEL,
@@ -114,10 +69,7 @@ def stack(mlflow_server, tmp_path_factory):
     }
 
     def start(name: str, cmd: list[str]) -> subprocess.Popen:
-        log = (home / f"{name}.log").open("w")
-        return subprocess.Popen(
-            cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        return start_process_group(cmd, home / f"{name}.log", env)
 
     procs = [
         start("alertmanager", [
@@ -125,7 +77,7 @@ def stack(mlflow_server, tmp_path_factory):
             f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address=",
         ]),
         start("monitor", [
-            str(VENV_BIN / "uvicorn"), "services.monitor.app:create_app", "--factory",
+            venv_bin("uvicorn"), "services.monitor.app:create_app", "--factory",
             "--host", "127.0.0.1", "--port", str(monitor_port),
         ]),
     ]  # fmt: skip

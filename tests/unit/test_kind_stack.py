@@ -6,7 +6,6 @@ status summary over real kubernetes client model objects.
 """
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from kubernetes.client import (
 from sandbox import kind_stack as ks
 from sandbox.names import REPO_ROOT
 from sandbox.settings import Settings
+from tests.support.processes import free_port
 
 GiB = 2**30
 
@@ -515,11 +515,7 @@ def test_status_without_a_kubeconfig_context_says_to_run_make_up(tmp_path, monke
 
 def test_status_of_a_stopped_cluster_says_what_to_check(tmp_path, monkeypatch):
     """A context that points at nothing (the node container is gone): a clear error, quickly."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens there
     config = tmp_path / "kubeconfig"
     config.write_text(
         json.dumps(
@@ -631,9 +627,7 @@ def test_sandbox_status_kind_shows_the_cluster_and_fails_when_something_is_wrong
 
     from sandbox import cli
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens there
     monkeypatch.setenv("SANDBOX_MLFLOW_PORT", str(port))
     monkeypatch.setenv("SANDBOX_KFP_HOST", f"http://127.0.0.1:{port}")
     broken = ks.summarize(

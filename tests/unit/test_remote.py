@@ -3,7 +3,6 @@ the API would receive them, following a run through API model objects, and the o
 from a real MLflow store (SQLite, in process)."""
 
 import json
-import socket
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +19,7 @@ from kfp_server_api import (
 from pipelines import remote
 from pipelines.params import TrainParams, TrainResult
 from pipelines.pipeline import STEPS
+from tests.support.processes import free_port
 
 T0 = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -421,9 +421,7 @@ def test_a_finished_run_mlflow_does_not_know_says_so(mlflow_store):
 
 
 def test_an_unreachable_kfp_api_is_a_clear_error_within_seconds():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens there
     started = time.monotonic()
     with pytest.raises(remote.RemoteError) as info:
         remote.connect(f"http://127.0.0.1:{port}", timeout=2)
@@ -437,9 +435,7 @@ def test_sandbox_train_kind_refuses_a_local_csv_and_an_unreachable_cluster(tmp_p
 
     from sandbox.cli import app
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens there
     monkeypatch.setenv("SANDBOX_MLFLOW_PORT", str(port))
     monkeypatch.setenv("SANDBOX_KFP_HOST", f"http://127.0.0.1:{port}")
     csv = CliRunner().invoke(

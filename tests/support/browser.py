@@ -1,0 +1,59 @@
+"""Headless Chromium for the browser tests: the DOM it built and a screenshot, kept in test-artifacts/."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from sandbox.names import REPO_ROOT
+
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+def skip_without_chromium() -> None:
+    """Skip the calling test module when no Chromium is installed, saying how to get one."""
+    if CHROMIUM is None:
+        pytest.skip(
+            "chromium is not installed: `make setup` installs it (Debian/Ubuntu: apt-get install "
+            "--no-install-recommends chromium fonts-dejavu-core)",
+            allow_module_level=True,
+        )
+
+
+def render(
+    url: str, name: str, profile: Path, size: tuple[int, int] = (1280, 1600), flags: tuple[str, ...] = ()
+) -> tuple[str, Image.Image]:
+    """The DOM as headless Chromium built it, and a screenshot of ``size`` kept as test-artifacts/<name>.png."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    screenshot = ARTIFACTS / f"{name}.png"
+    screenshot.unlink(missing_ok=True)
+    result = subprocess.run(
+        [
+            CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            "--hide-scrollbars", "--no-first-run", "--no-default-browser-check", *flags,
+            f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}",
+            f"--screenshot={screenshot}", "--dump-dom", url,
+        ],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0 and screenshot.is_file(), result.stderr[-3000:]
+    (ARTIFACTS / f"{name}.html").write_text(result.stdout)
+    return result.stdout, Image.open(screenshot).convert("RGB")
+
+
+def pixels_near(image: Image.Image, color: tuple[int, int, int], tolerance: int = 8) -> int:
+    return sum(
+        n
+        for n, c in image.getcolors(maxcolors=image.width * image.height)
+        if all(abs(a - b) <= tolerance for a, b in zip(c, color, strict=True))
+    )
+
+
+def text_of(dom: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
