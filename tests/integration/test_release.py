@@ -1,140 +1,171 @@
-"""The release controller for real: a uvicorn retrainer, a real MLflow and `bentoml serve`; `sandbox rollback`.
-
-(Shadow, the live gate and the bake on real traffic need serving's shadow and the monitor's shadow
-fields: tests that drive them join when those are merged.)
-"""
+"""The release controller on real traffic: real MLflow, a real monitor, `bentoml serve` scoring the
+challenger in shadow, the retrainer's controller (killed and restarted in shadow and in bake)."""
 
 import json
 import os
-import subprocess
-import sys
 import threading
 
 import httpx
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import free_port
-from tests.integration.serving_helpers import (
-    MonitorStandIn,
-    register,
-    register_broken,
-    served,
-    stop_process_group,
-    wait_until,
-)
+from tests.integration.serving_helpers import register
 from tests.integration.test_retrainer import start
+from tests.support.processes import free_port, stop_process_group, wait_until
+from tests.support.servers import served
 
 pytestmark = pytest.mark.integration
-MODEL = "release-it"
-EXAMPLE = {"age": 41, "income": 52000.0, "loan_amount": 12000.0, "loan_term_months": 36, "credit_score": 690,
-           "debt_to_income": 0.31, "employment_years": 6.5, "num_credit_lines": 5, "region": "north",
-           "home_ownership": "rent", "purpose": "car"}  # fmt: skip
+
+# --- shadow -> live gate -> bake on real traffic: MLflow, monitor, bentoml serve (shadow), retrainer ---
+
+LOOP_MODEL = "release-loop-it"
 
 
 @pytest.fixture(scope="module")
-def stack(mlflow_server, tmp_path_factory):
-    home = tmp_path_factory.mktemp("release")
-    monitor = MonitorStandIn(
-        free_port()
-    )  # serving's feed goes somewhere; the controller reads nothing in idle
+def loop(mlflow_server, tmp_path_factory):
+    from tests.integration.test_monitor import start_monitor, wait_healthy
+
+    home = tmp_path_factory.mktemp("release-loop")
+    monitor_port = free_port()
     env = {
         "SANDBOX_HOME": str(home),
         "SANDBOX_MLFLOW_TRACKING_URI": mlflow_server,
-        "SANDBOX_MODEL_NAME": MODEL,
-        "SANDBOX_MONITOR_PORT": str(monitor.port),
+        "SANDBOX_MODEL_NAME": LOOP_MODEL,
+        "SANDBOX_MONITOR_PORT": str(monitor_port),
         "SANDBOX_RETRAINER_PORT": str(free_port()),
-        "SANDBOX_PROMETHEUS_PORT": str(free_port()),
-        "SANDBOX_RELEASE_POLL_SECONDS": "1",
+        "SANDBOX_PROMETHEUS_PORT": str(free_port()),  # none: serving figures unknown, quality decides
         "SANDBOX_SERVING_POLL_SECONDS": "1",
+        "SANDBOX_FEED_FLUSH_SECONDS": "0.2",
+        "SANDBOX_RELEASE_POLL_SECONDS": "1",
+        "SANDBOX_RELEASE_MIN_PAIRED_ROWS": "400",
+        "SANDBOX_RELEASE_BOOTSTRAP_RESAMPLES": "300",
+        "SANDBOX_RELEASE_BAKE_SECONDS": "25",
+        "SANDBOX_RELEASE_SHADOW_DEADLINE_SECONDS": "240",
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     }
-    v1 = register(mlflow_server, MODEL, seed=0)
-    retrainer = start("services.retrainer.app:create_app", int(env["SANDBOX_RETRAINER_PORT"]), env,
-                      home / "retrainer.log")  # fmt: skip
-    url = f"http://127.0.0.1:{env['SANDBOX_RETRAINER_PORT']}"
+    v1 = register(mlflow_server, LOOP_MODEL, seed=0)
+    monitor = start_monitor(home, mlflow_server, monitor_port, model=LOOP_MODEL)
+    retrainer_url = f"http://127.0.0.1:{env['SANDBOX_RETRAINER_PORT']}"
+    procs = {"retrainer": None}
+
+    def start_retrainer():
+        procs["retrainer"] = start("services.retrainer.app:create_app", int(env["SANDBOX_RETRAINER_PORT"]), env,
+                                   home / "retrainer.log")  # fmt: skip
+        assert wait_until(lambda: httpx.get(f"{retrainer_url}/healthz", timeout=2).status_code == 200, 120)
+
+    def kill_retrainer():
+        import signal
+
+        os.killpg(procs["retrainer"].pid, signal.SIGKILL)
+        procs["retrainer"].wait(30)
+
     try:
-        assert wait_until(lambda: httpx.get(f"{url}/healthz", timeout=2).status_code == 200, 120)
+        wait_healthy(f"http://127.0.0.1:{monitor_port}", monitor, home)
+        start_retrainer()
         with served(env, home) as serving:
             assert wait_until(lambda: httpx.get(f"{serving}/readyz").status_code == 200, timeout=120)
-            yield {"env": env, "retrainer": url, "serving": serving, "v1": v1, "home": home}
+            yield {"env": env, "retrainer": retrainer_url, "serving": serving, "v1": v1, "home": home,
+                   "monitor": f"http://127.0.0.1:{monitor_port}", "restart": (kill_retrainer, start_retrainer)}  # fmt: skip
     finally:
-        stop_process_group(retrainer)
-        monitor.stop()
+        if procs["retrainer"] is not None:
+            stop_process_group(procs["retrainer"])
+        stop_process_group(monitor)
 
 
-def sandbox(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "sandbox.cli", *args], env={**os.environ, **env, "COLUMNS": "200"},
-        capture_output=True, text=True, timeout=300,
+@pytest.fixture(scope="module")
+def traffic(loop):
+    """Generated loans at ~100 rows/s with their labels 0.5 s later, for the whole module."""
+    from urllib.parse import urlparse
+
+    from sandbox.settings import Settings
+    from sandbox.traffic import TrafficControl, run_traffic
+
+    settings = Settings(
+        serving_port=urlparse(loop["serving"]).port, monitor_port=int(loop["env"]["SANDBOX_MONITOR_PORT"])
+    )
+    control = TrafficControl()
+    out = {}
+    thread = threading.Thread(
+        target=lambda: out.update(summary=run_traffic(settings, rps=20, duration=900, rows_per_request=5,
+                                                      label_delay=0.5, seed=4, control=control)),
+        daemon=True,
     )  # fmt: skip
+    thread.start()
+    yield control
+    control.stop.set()
+    thread.join(60)
+    summary = out["summary"]
+    assert summary.requests > 100 and summary.failed_requests == 0, summary
 
 
-def test_release_status_is_idle_with_the_champion(stack):
-    assert wait_until(
-        lambda: httpx.get(f"{stack['retrainer']}/api/release", timeout=5).json()["polls"] > 0, 60
-    )
-    done = sandbox(stack["env"], "release", "status", "--json")
-    assert done.returncode == 0, done.stderr
-    release = json.loads(done.stdout)
-    assert release["phase"] == "idle" and release["champion"] == stack["v1"] and release["alive"]
-    assert "release: idle" in sandbox(stack["env"], "release", "status").stdout
+def release(loop) -> dict:
+    return httpx.get(f"{loop['retrainer']}/api/release", timeout=10).json()
 
 
-def test_rollback_refuses_what_cannot_serve(stack, mlflow_server):
-    env = stack["env"]
-    for args, message in [
-        ((), "no `previous` version"),
-        (("--to", "99"), "has no version 99"),
-        (("--to", stack["v1"]), "already the champion"),
-    ]:
-        done = sandbox(env, "rollback", *args)
-        assert done.returncode == 1 and message in done.stderr, done.stderr
-        assert "Traceback" not in done.stderr
-    broken = register_broken(mlflow_server, MODEL)  # made champion by the helper: put v1 back first
-    MlflowClient(mlflow_server).set_registered_model_alias(MODEL, "champion", stack["v1"])
-    done = sandbox(env, "rollback", "--to", broken, "--json")
-    assert (
-        done.returncode == 1 and "does not load or fails the smoke test" in json.loads(done.stdout)["error"]
-    )
-    assert MlflowClient(mlflow_server).get_model_version_by_alias(MODEL, "champion").version == stack["v1"]
+def wait_phase(loop, phase: str, timeout: float = 240) -> dict:
+    assert wait_until(lambda: release(loop)["phase"] == phase, timeout, interval=1), (
+        release(loop), (loop["home"] / "retrainer.log").read_text()[-3000:])  # fmt: skip
+    return release(loop)
 
 
-def test_rollback_under_load_has_zero_failed_requests(stack, mlflow_server):
+def test_a_good_challenger_goes_through_shadow_and_bake_and_a_kill_resumes_each_phase(
+    loop, traffic, mlflow_server
+):
     client = MlflowClient(mlflow_server)
-    v2 = register(mlflow_server, MODEL, seed=3)  # the helper makes it champion: a promotion by hand
-    client.set_registered_model_alias(MODEL, "previous", stack["v1"])
-    serving = stack["serving"]
-    assert wait_until(lambda: httpx.get(f"{serving}/model").json()["version"] == v2, 60)  # its worker swapped
-    answers, stop = [], threading.Event()
+    v2 = register(mlflow_server, LOOP_MODEL, seed=2, champion=False)  # as good as v1
+    client.set_registered_model_alias(LOOP_MODEL, "challenger", v2)
+    kill, start_again = loop["restart"]
+    shadow = wait_phase(loop, "shadow", 60)
+    assert shadow["challenger"] == v2 and shadow["champion"] == loop["v1"]
+    kill()  # in shadow: the restart resumes it
+    start_again()
+    assert release(loop)["phase"] == "shadow" and release(loop)["since"] == shadow["since"]
+    bake = wait_phase(loop, "bake")
+    assert bake["champion"] == v2 and bake["previous"] == loop["v1"]
+    tags = client.get_model_version(LOOP_MODEL, v2).tags
+    assert tags["gate.live.decision"] == "promoted", tags["gate.live.reason"]
+    details = json.loads(tags["gate.live.details"])
+    assert details["rows"] >= 400 and {m["metric"] for m in details["metrics"]} == {"roc_auc", "f1"}
+    assert client.get_model_version_by_alias(LOOP_MODEL, "previous").version == loop["v1"]
+    kill()  # in bake: the restart resumes it
+    start_again()
+    assert release(loop)["phase"] == "bake"
+    idle = wait_phase(loop, "idle", 120)
+    assert idle["outcomes"][-1]["outcome"] == "done" and idle["champion"] == v2
+    assert wait_until(lambda: httpx.get(f"{loop['serving']}/model").json()["version"] == v2, 30)
 
-    def load():
-        with httpx.Client(timeout=30) as http:
-            while not stop.is_set():
-                response = http.post(f"{serving}/predict", json={"rows": [EXAMPLE] * 8})
-                version = response.json()[0]["model_version"] if response.is_success else None
-                answers.append((response.status_code, version))
 
-    threads = [threading.Thread(target=load) for _ in range(4)]
-    for t in threads:
-        t.start()
+def test_a_worse_challenger_is_rejected_on_live_evidence_and_never_answers(loop, traffic, mlflow_server):
+    client = MlflowClient(mlflow_server)
+    champion = client.get_model_version_by_alias(LOOP_MODEL, "champion").version
+    weak = register(mlflow_server, LOOP_MODEL, seed=5, champion=False, max_iter=2, max_depth=1)
+    client.set_registered_model_alias(LOOP_MODEL, "challenger", weak)
+    wait_phase(loop, "shadow", 60)
+    idle = wait_phase(loop, "idle")
+    assert idle["outcomes"][-1]["version"] == weak and idle["outcomes"][-1]["outcome"] == "rejected"
+    assert client.get_model_version(LOOP_MODEL, weak).tags["gate.live.decision"] == "rejected"
+    assert client.get_model_version_by_alias(LOOP_MODEL, "champion").version == champion
+    answered = httpx.get(
+        f"{loop['monitor']}/api/records", params={"model_version": weak, "limit": 10}, timeout=10
+    )
+    assert answered.json()["count"] == 0  # it scored in shadow only; no client ever got its answer
+
+
+def test_a_champion_that_degrades_during_the_bake_is_rolled_back(loop, traffic, mlflow_server):
+    client = MlflowClient(mlflow_server)
+    champion = client.get_model_version_by_alias(LOOP_MODEL, "champion").version
+    v4 = register(mlflow_server, LOOP_MODEL, seed=6, champion=False)
+    client.set_registered_model_alias(LOOP_MODEL, "challenger", v4)
+    wait_phase(loop, "bake")
+    traffic.switch("concept_drift")  # after release the world changes: its live roc_auc falls
     try:
-        done = sandbox(stack["env"], "rollback", "--json")
-        assert done.returncode == 0, done.stderr
-        assert json.loads(done.stdout) == {"champion": stack["v1"], "was": v2,
-                                           "reason": f"rolled back by hand from v{v2} to v{stack['v1']}"}  # fmt: skip
-        assert wait_until(lambda: answers and answers[-1][1] == stack["v1"], 60)
-        wait_until(lambda: False, 2)  # a little more traffic on v1
+        idle = wait_phase(loop, "idle", 120)
     finally:
-        stop.set()
-        for t in threads:
-            t.join(30)
-    failed = [status for status, _ in answers if status != 200]
-    assert len(answers) > 50 and failed == [], (len(answers), failed[:5])
-    assert {version for _, version in answers} == {v2, stack["v1"]}
-    assert client.get_model_version_by_alias(MODEL, "champion").version == stack["v1"]
-    assert client.get_model_version_by_alias(MODEL, "previous").version == v2
-    assert "rolled back by hand" in client.get_model_version(MODEL, v2).tags["rolled_back"]
-    metrics = httpx.get(f"{stack['retrainer']}/metrics", timeout=10).text
+        traffic.switch("none")
+    last = idle["outcomes"][-1]
+    assert last["outcome"] == "rolled_back" and "live roc_auc" in last["reason"], last
+    assert client.get_model_version_by_alias(LOOP_MODEL, "champion").version == champion
+    assert "live roc_auc" in client.get_model_version(LOOP_MODEL, v4).tags["rolled_back"]
+    metrics = httpx.get(f"{loop['retrainer']}/metrics", timeout=10).text
     assert "sandbox_release_rollbacks_total 1.0" in metrics
-    assert "v" + v2 + " rolled_back" in sandbox(stack["env"], "release", "status").stdout
+    assert wait_until(lambda: httpx.get(f"{loop['serving']}/model").json()["version"] == champion, 30)
