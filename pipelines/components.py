@@ -146,6 +146,7 @@ def promote(
     gate_metric: str,
     min_score: float,
     tolerance: float,
+    slice_tolerance: float,
 ) -> str:
     import json
 
@@ -155,6 +156,6 @@ def promote(
 
     result = steps.promote(
         version, pd.read_parquet(holdout_data.path), mlflow_uri, model_name, source, gate_metric,
-        min_score, tolerance,
+        min_score, tolerance, slice_tolerance,
     )  # fmt: skip
     return json.dumps(result.to_dict())

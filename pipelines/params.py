@@ -42,6 +42,7 @@ class TrainParams:
     gate_metric: str = _setting("gate_metric")
     min_score: float = _setting("gate_min_score")
     tolerance: float = _setting("gate_tolerance")
+    slice_tolerance: float = _setting("gate_slice_tolerance")
     # Why the run happens, tagged on the MLflow run (trigger_info: JSON, each key as trigger.<key>).
     trigger: str = "manual"
     trigger_info: str = "{}"
@@ -63,6 +64,7 @@ class TrainParams:
                 "gate_metric": settings.gate_metric,
                 "min_score": settings.gate_min_score,
                 "tolerance": settings.gate_tolerance,
+                "slice_tolerance": settings.gate_slice_tolerance,
                 "monitor_url": settings.monitor_url,
                 "clean_rows": settings.retrain_clean_rows,
                 "min_production_rows": settings.retrain_min_production_rows,

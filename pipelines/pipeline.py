@@ -68,6 +68,7 @@ def _train_and_register(*values):
         gate_metric=p.gate_metric,
         min_score=p.min_score,
         tolerance=p.tolerance,
+        slice_tolerance=p.slice_tolerance,
     ).set_display_name("promote")
     return decision.output
 

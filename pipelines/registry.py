@@ -1,8 +1,10 @@
 """Registry: log a trained model to MLflow, register a version, and the promotion gate.
 
-Aliases, not the deprecated stages: a new version gets ``challenger``; the gate
-moves ``champion`` to it only when it clears the absolute floor and is not worse
-than the current champion on the same fresh holdout.
+Aliases, not the deprecated stages. The offline gate (``promote``) scores a new version and the
+champion on the same fresh holdout: a version that clears the floor and is not worse overall nor on
+any slice becomes ``champion`` at once when there is none yet, else ``challenger``, which the release
+controller (services/retrainer/release.py) runs in shadow and promotes only on live evidence; the
+champion it replaces keeps ``previous``, the rollback target.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from pipelines.features import FeatureSchema
 from pipelines.result import TrainResult
 from pipelines.train import features_only
 
-CHAMPION, CHALLENGER = "champion", "challenger"
+CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+# What the offline gate did with a version (its `gate.decision` tag and TrainResult.outcome).
+PROMOTED, SHADOW, REJECTED = "promoted", "shadow", "rejected"
 REFERENCE_ARTIFACT = "reference/reference.parquet"
 REFERENCE_ROWS = 5_000
 # MLflow saves sklearn models with skops (no arbitrary pickle); these are the types our
@@ -36,6 +40,38 @@ class GateDecision:
     champion_score: float | None
     min_score: float
     tolerance: float
+    slice_tolerance: float | None = None
+    worse_slices: dict[str, list[float]] | None = None  # slice -> [challenger, champion]
+
+    @property
+    def outcome(self) -> str:
+        """promoted (no champion yet), shadow (passed; the challenger proves itself live), rejected."""
+        if not self.promote:
+            return REJECTED
+        return PROMOTED if self.champion_score is None else SHADOW
+
+
+def slice_scores(metrics: dict[str, float], metric: str, slice_by: str | None) -> dict[str, float]:
+    """``{"region=north": 0.81, ...}`` from evaluate's ``slice_<feature>_<value>_<metric>`` keys."""
+    if not slice_by:
+        return {}
+    prefix, suffix = f"slice_{slice_by}_", f"_{metric}"
+    return {
+        f"{slice_by}={key[len(prefix) : -len(suffix)]}": value
+        for key, value in metrics.items()
+        if key.startswith(prefix) and key.endswith(suffix)
+    }
+
+
+def worse_slices(
+    challenger: dict[str, float], champion: dict[str, float], tolerance: float
+) -> dict[str, list[float]]:
+    """The slices both were scored on where the challenger is worse by more than ``tolerance``."""
+    return {
+        name: [challenger[name], champion[name]]
+        for name in sorted(set(challenger) & set(champion))
+        if challenger[name] < champion[name] - tolerance
+    }
 
 
 def decide_promotion(
@@ -44,14 +80,25 @@ def decide_promotion(
     min_score: float,
     tolerance: float,
     metric: str = "roc_auc",
+    challenger_slices: dict[str, float] | None = None,
+    champion_slices: dict[str, float] | None = None,
+    slice_tolerance: float | None = None,
 ) -> GateDecision:
-    """The gate, as a pure function: floor first, then no worse than the champion (within tolerance)."""
+    """The gate, as a pure function: floor first, then no worse than the champion (within tolerance),
+    overall and on every slice both were scored on (within ``slice_tolerance``)."""
+    worse = (
+        worse_slices(challenger_slices or {}, champion_slices or {}, slice_tolerance)
+        if champion_score is not None and slice_tolerance is not None
+        else {}
+    )
     args = dict(
         metric=metric,
         challenger_score=challenger_score,
         champion_score=champion_score,
         min_score=min_score,
         tolerance=tolerance,
+        slice_tolerance=slice_tolerance,
+        worse_slices=worse,
     )
     if math.isnan(challenger_score) or challenger_score < min_score:
         return GateDecision(
@@ -68,10 +115,18 @@ def decide_promotion(
             f"on the same holdout (tolerance {tolerance})",
             **args,
         )
+    if worse:
+        named = ", ".join(f"{name} {mine:.4f} vs {theirs:.4f}" for name, (mine, theirs) in worse.items())
+        return GateDecision(
+            False,
+            f"{metric} is worse than the champion's on slice {named} on the same holdout "
+            f"(slice tolerance {slice_tolerance})",
+            **args,
+        )
     return GateDecision(
         True,
         f"{metric} {challenger_score:.4f} vs champion {champion_score:.4f} on the same holdout "
-        f"(tolerance {tolerance})",
+        f"(tolerance {tolerance}, every slice within {slice_tolerance}); challenger goes into shadow",
         **args,
     )
 
@@ -104,11 +159,10 @@ def log_and_register(
 
     The drift reference is a sample of ``reference_frame`` (default: the training rows).
 
-    Returns ``(run_id, version)``; the new version carries the ``challenger`` alias.
+    Returns ``(run_id, version)``; the new version has no alias yet (the gate gives one).
     """
     import mlflow
     from mlflow.models import infer_signature
-    from mlflow.tracking import MlflowClient
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment(experiment)
@@ -135,10 +189,7 @@ def log_and_register(
         # After the model, tied to it in one request: metrics logged before log_model are copied
         # onto the logged model by one metric-history request each (~20 requests here).
         mlflow.log_metrics(metrics, model_id=info.model_id)
-    version = str(info.registered_model_version)
-    client = MlflowClient(tracking_uri)
-    client.set_registered_model_alias(model_name, CHALLENGER, version)
-    return run.info.run_id, version
+    return run.info.run_id, str(info.registered_model_version)
 
 
 def alias_version(client, model_name: str, alias: str):
@@ -171,8 +222,10 @@ def promote(
     min_score: float,
     tolerance: float,
     metric: str = "roc_auc",
+    slice_tolerance: float | None = None,
 ) -> TrainResult:
-    """Score challenger and champion on the same holdout, apply the gate, tag the decision on the version."""
+    """Score the new version and the champion on the same holdout, apply the gate, tag the decision on
+    the version, and give it ``champion`` (no champion yet) or ``challenger`` (into shadow)."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -183,18 +236,24 @@ def promote(
     challenger = mlflow.sklearn.load_model(f"models:/{model_name}/{version}")
     challenger_metrics = evaluate_model(challenger, holdout, schema)
     champion = current_champion(client, model_name)
-    champion_score = None
+    champion_score, champion_metrics = None, {}
     if champion is not None and champion.version != version:
         champion_model = mlflow.sklearn.load_model(f"models:/{model_name}/{champion.version}")
-        champion_score = evaluate_model(champion_model, holdout, schema)[metric]
-    decision = decide_promotion(challenger_metrics[metric], champion_score, min_score, tolerance, metric)
-    client.set_model_version_tag(
-        model_name, version, "gate.decision", "promoted" if decision.promote else "rejected"
-    )
+        champion_metrics = evaluate_model(champion_model, holdout, schema)
+        champion_score = champion_metrics[metric]
+    decision = decide_promotion(
+        challenger_metrics[metric], champion_score, min_score, tolerance, metric,
+        challenger_slices=slice_scores(challenger_metrics, metric, schema.slice_by),
+        champion_slices=slice_scores(champion_metrics, metric, schema.slice_by),
+        slice_tolerance=slice_tolerance,
+    )  # fmt: skip
+    client.set_model_version_tag(model_name, version, "gate.decision", decision.outcome)
     client.set_model_version_tag(model_name, version, "gate.reason", decision.reason)
     client.set_model_version_tag(model_name, version, "gate.details", json.dumps(asdict(decision)))
-    if decision.promote:
+    if decision.outcome == PROMOTED:
         client.set_registered_model_alias(model_name, CHAMPION, version)
+    elif decision.outcome == SHADOW:  # the release controller takes it from here
+        client.set_registered_model_alias(model_name, CHALLENGER, version)
     champion_now = current_champion(client, model_name)
     model_version = client.get_model_version(model_name, version)
     return TrainResult(
@@ -202,7 +261,8 @@ def promote(
         model_name=model_name,
         model_version=version,
         metrics={k: v for k, v in challenger_metrics.items() if not k.startswith("slice_")},
-        promoted=decision.promote,
+        promoted=decision.outcome == PROMOTED,
+        outcome=decision.outcome,
         reason=decision.reason,
         champion_version=champion_now.version if champion_now else None,
         previous_champion_version=champion.version if champion else None,

@@ -254,6 +254,7 @@ def find_result(mlflow_client, experiment: str, submission_id: str) -> dict:
         "model_version": str(version.version),
         "metrics": {k: v for k, v in run.data.metrics.items() if not k.startswith("slice_")},
         "promoted": tags.get("gate.decision") == "promoted",
+        "outcome": tags.get("gate.decision", "rejected"),
         "reason": tags.get("gate.reason", "no gate decision recorded"),
         "champion_version": str(champion) if champion is not None else None,
     }

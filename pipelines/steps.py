@@ -86,15 +86,15 @@ def register(
 
 def promote(
     version: str, holdout: pd.DataFrame, mlflow_uri: str, model_name: str, source: str,
-    gate_metric: str, min_score: float, tolerance: float,
+    gate_metric: str, min_score: float, tolerance: float, slice_tolerance: float,
 ) -> TrainResult:  # fmt: skip
     from pipelines.registry import promote as gate
 
     result = gate(
         mlflow_uri, model_name, version, holdout, schema_for_source(source),
-        min_score=min_score, tolerance=tolerance, metric=gate_metric,
+        min_score=min_score, tolerance=tolerance, metric=gate_metric, slice_tolerance=slice_tolerance,
     )  # fmt: skip
-    print(f"gate: {'promoted' if result.promoted else 'rejected'} v{version}: {result.reason}")
+    print(f"gate: {result.outcome} v{version}: {result.reason}")
     return result
 
 
@@ -126,5 +126,5 @@ def run_steps(
     )  # fmt: skip
     return step(
         "promote", promote, version, holdout, p.mlflow_uri, p.model_name, p.source, p.gate_metric,
-        p.min_score, p.tolerance,
+        p.min_score, p.tolerance, p.slice_tolerance,
     )  # fmt: skip

@@ -94,7 +94,7 @@ def kind_up(timeout: float) -> None:
             train_params(settings), settings, step_progress(progress, indent="  "), on_cluster=True,
             on_submitted=lambda run_id, url: progress.console.print(f"KFP run: {url}"),
         )  # fmt: skip
-        verdict = "promoted to champion" if result.promoted else f"not promoted: {result.reason}"
+        verdict = "promoted to champion" if result.promoted else f"{result.outcome}: {result.reason}"
         return f"{result.model_name} v{result.model_version} {verdict} (roc_auc {result.metrics.get('roc_auc', 0):.3f})"
 
     try:
@@ -304,6 +304,7 @@ def status(
     alerts = status_of.firing_alerts(settings) if "alertmanager" in healthy else None
     retrainer = (status_of.retrainer_status(settings) or {}) if "retrainer" in healthy else {}
     paged, held = retrainer.get("notifications", [])[:PAGES_SHOWN], retrainer.get("held", [])[:PAGES_SHOWN]
+    release = retrainer.get("release")
     if as_json:
         print(
             json.dumps(
@@ -314,6 +315,7 @@ def status(
                     "alerts": alerts,
                     "paged": paged,
                     "held": held,
+                    "release": release,
                     "home": str(settings.home),
                     "missing_binaries": local_stack.missing_monitoring(),
                 }
@@ -336,6 +338,8 @@ def status(
             )
         elif alerts is not None:
             console.print("no alert firing")
+        if release:
+            console.print(status_of.release_line(release))
         print_pages(paged, held)
         if missing := local_stack.missing_monitoring():
             err.print(f"[yellow]warning:[/] {local_stack.missing_monitoring_message(missing)}")
@@ -574,15 +578,97 @@ def train(
     if as_json:
         print(json.dumps(summary))
         return
-    verdict = "[green]promoted to champion[/]" if result.promoted else "[yellow]not promoted[/]"
+    verdict = {
+        "promoted": "[green]promoted to champion[/]",
+        "shadow": "[cyan]challenger, in shadow[/] (the live gate decides: `sandbox release status`)",
+    }.get(result.outcome, "[yellow]rejected by the offline gate[/]")
     console.print(f"run {result.run_id}  model {result.model_name} v{result.model_version}: {verdict}")
-    console.print(f"gate: {result.reason}")
+    console.print(f"offline gate: {result.reason}")
     console.print(
         "metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if k != "holdout_rows")
     )
     console.print(f"champion is v{result.champion_version}")
     if result.kfp_run_url:
         console.print(f"KFP run: {result.kfp_run_url}")
+
+
+release_app = typer.Typer(
+    help="The release controller: shadow, live gate, bake (docs/releases.md).", no_args_is_help=True
+)
+app.add_typer(release_app, name="release")
+
+
+@release_app.command("status")
+def release_status(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="The controller's state as one JSON object.")
+    ] = False,
+) -> None:
+    """Phase, champion, challenger, since when, the live numbers so far and what the controller waits for."""
+    import time
+
+    settings = Settings()
+    release = status_of.release_status(settings)
+    if release is None:
+        fail(
+            f"the retrainer does not answer at {settings.retrainer_url}/api/release: is the stack up (`sandbox status`)?"
+        )
+    if as_json:
+        print(json.dumps(release))
+        return
+    console.print(status_of.release_line(release))
+    since = f"{time.time() - release['since']:.0f}s ago" if release.get("since") else "-"
+    table = Table(show_header=False, box=None)
+    for key, value in [
+        ("phase", release["phase"]), ("champion", release.get("champion")), ("challenger", release.get("challenger")),
+        ("previous", release.get("previous")), ("since", since), ("waits for", release["waits_for"]),
+    ]:  # fmt: skip
+        table.add_row(key, "-" if value is None else str(value))
+    for key, value in (release.get("live") or {}).items():
+        table.add_row(f"live {key}", json.dumps(value) if isinstance(value, dict) else str(value))
+    console.print(table)
+    for outcome in reversed(release.get("outcomes") or []):
+        console.print(f"  v{outcome['version']} {outcome['outcome']}: {outcome['reason']}")
+    if not release.get("alive", True):
+        fail(f"the release controller died: {release.get('died')} (restart the retrainer)")
+    if release.get("error"):
+        err.print(f"[yellow]warning:[/] its last poll failed: {release['error']}")
+
+
+@app.command()
+def rollback(
+    to: Annotated[
+        str | None, typer.Option("--to", help="The version to serve (default: `previous`).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The answer as one JSON object.")] = False,
+) -> None:
+    """Move `champion` back to `previous` (or --to VERSION) once it loads and passes serving's smoke test."""
+    import httpx
+
+    settings = Settings()
+    try:
+        # The load and smoke test download the model: give them time.
+        response = httpx.post(f"{settings.retrainer_url}/api/rollback", json={"to": to}, timeout=120)
+    except httpx.HTTPError as exc:
+        fail(
+            f"the retrainer does not answer at {settings.retrainer_url} ({exc}): is the stack up (`sandbox status`)?"
+        )
+    answer = (
+        response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+    )
+    if response.status_code != 200:
+        if as_json:
+            print(
+                json.dumps(
+                    {"error": answer.get("error", response.text[:300]), "status": response.status_code}
+                )
+            )
+            raise typer.Exit(1)
+        fail(f"rollback refused: {answer.get('error', response.text[:300])}")
+    if as_json:
+        print(json.dumps(answer))
+        return
+    console.print(f"champion is v{answer['champion']} (was v{answer['was']}); serving swaps at its next poll")
 
 
 @app.command("compile")

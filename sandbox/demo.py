@@ -124,7 +124,9 @@ def retraining_done(settings: Settings, run_id: str) -> dict | None:
     if status is None:
         return None
     last = status["last"]
-    return last if status["running"] is None and last and last["id"] == run_id else None
+    # A challenger in shadow has not finished: the release controller's live gate decides (docs/releases.md).
+    done = status["running"] is None and last and last["id"] == run_id and last["state"] != "shadow"
+    return last if done else None
 
 
 def paged_since(settings: Settings, alertname: str, since: float) -> dict | None:
@@ -470,10 +472,11 @@ class Demo:
             )
         self.result.champion_after = finished["model_version"]
         self.result.retrained = True
+        live = [p for p in finished.get("path") or [] if p["step"] == "live gate"]  # promoted after shadow
         promoted = self.timeline.add(
             "v2 champion",
-            f"v{self.result.champion_after}: {finished['gate_reason']}",
-            at=finished["finished_at"],
+            f"v{self.result.champion_after}: {live[-1]['reason'] if live else finished['gate_reason']}",
+            at=live[-1]["at"] if live else finished["finished_at"],
         )
         self.result.time_to_retrain_s = round(promoted - self.detected_at, 1)
 

@@ -107,3 +107,26 @@ def monitor_status(settings: Settings) -> dict | None:
 
 def retrainer_status(settings: Settings) -> dict | None:
     return _get_json(f"{settings.retrainer_url}/api/status")
+
+
+def release_status(settings: Settings) -> dict | None:
+    """The release controller's state (the retrainer's ``GET /api/release``); None when it does not answer."""
+    return _get_json(f"{settings.retrainer_url}/api/release")
+
+
+def release_line(release: dict) -> str:
+    """One line for ``sandbox status``: the phase, the versions, since when, what it waits for."""
+    import time
+
+    since = f" for {time.time() - release['since']:.0f}s" if release.get("since") else ""
+    if release["phase"] == "shadow":
+        live = release.get("live") or {}
+        return (
+            f"release: v{release['challenger']} in shadow{since} next to champion v{release['champion']}: "
+            f"{live.get('paired_rows', 0)}/{live.get('needed')} paired labelled rows"
+        )
+    if release["phase"] == "bake":
+        return f"release: champion v{release['champion']} baking{since} (previous v{release['previous']})"
+    last = (release.get("outcomes") or [None])[-1]
+    told = f"; last: v{last['version']} {last['outcome']}: {last['reason']}" if last else ""
+    return f"release: idle, waiting for {release['waits_for']}{told}"

@@ -428,7 +428,7 @@ class Monitor:
             response = httpx.get(f"{self.settings.retrainer_url}/api/status", timeout=1.0)
             response.raise_for_status()
             body = response.json()
-            return {"running": body.get("running"), "last": body.get("last")}
+            return {"running": body.get("running"), "last": body.get("last"), "release": body.get("release")}
         except (httpx.HTTPError, ValueError):
             return None
 

@@ -16,7 +16,8 @@ VERDICT_STYLE = {
     INSUFFICIENT: ("#757575", "insufficient data"),
 }
 NOT_EVALUATED = ("#757575", "not evaluated yet")
-OUTCOMES = {"promoted": "promoted", "rejected": "rejected by the gate", "failed": "failed"}
+OUTCOMES = {"promoted": "promoted", "rejected": "rejected by the gate", "failed": "failed",
+            "shadow": "challenger in shadow", "rolled_back": "rolled back"}  # fmt: skip
 
 
 def fmt(value, digits: int = 3) -> str:

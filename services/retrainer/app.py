@@ -21,13 +21,22 @@ set (the cluster), it is submitted to the Kubeflow Pipelines API.
   reason and nothing is recorded. (In the cluster Slack or e-mail sit next to it in alertmanager.yml.)
 - ``GET /api/status``: running or idle, the last retrainings and their gate decisions, the held
   retrainings, the human notifications.
+- ``GET /api/release``: the release controller (release.py): phase, champion, challenger, since,
+  the live numbers so far, what it waits for, the last decisions. ``POST /api/rollback``
+  (``{"to": VERSION | null}``): champion back to ``previous`` (or ``to``) once that version loads
+  and passes serving's smoke test; 422 naming why not.
 - ``GET /metrics`` (text/plain), ``GET /healthz``.
+
+A retraining ends with its offline gate: ``promoted`` (the first model), ``rejected``, or ``shadow``
+(a challenger); the controller then writes the rest of its path into the same history record
+(shadow -> live gate -> bake -> done / rolled back) and its ``state``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -41,9 +50,10 @@ from pydantic import BaseModel, Field, field_validator
 from pipelines.params import TrainParams
 from pipelines.runners import Runner, runner_for
 from sandbox.settings import Settings
-from services.common import add_metrics_route, error_responses, guard, setup_logging
+from services.common import add_metrics_route, error_response, error_responses, guard, setup_logging
 from services.retrainer.journal import Journal
 from services.retrainer.policy import SKIP, TRIGGER, Decision, alert_key, decide, quality_hold
+from services.retrainer.release import PHASES, ReleaseController
 
 log = logging.getLogger("sandbox.retrainer")
 
@@ -140,8 +150,25 @@ class RetrainerMetrics:
             self.pages.labels(status)
         for reason in ("resolved", "in_progress", "duplicate", "cooldown", "data_quality"):
             self.skips.labels(reason)
-        for outcome in ("promoted", "rejected", "failed"):
+        for outcome in ("promoted", "shadow", "rejected", "failed"):
             self.runs.labels(outcome)
+        self.release_phase = Gauge(
+            "sandbox_release_phase", "1 for the release controller's phase (idle/shadow/bake)", ["phase"], registry=r
+        )  # fmt: skip
+        self.release_decisions = Counter(
+            "sandbox_release_decisions", "Release decisions by outcome", ["outcome"], registry=r
+        )
+        # ModelRolledBack fires on its increase (monitoring/prometheus/rules/sandbox.yml).
+        self.rollbacks = Counter(
+            "sandbox_release_rollbacks_total", "Champions moved back to the previous version (bake or by hand)", registry=r
+        )  # fmt: skip
+        self.release_up = Gauge(
+            "sandbox_release_controller_up", "1 while the release controller polls", registry=r
+        )
+        for phase in PHASES:
+            self.release_phase.labels(phase)
+        for outcome in ("promoted", "rejected", "done", "rolled_back", "ended"):
+            self.release_decisions.labels(outcome)
 
 
 # --- the retrainer ---------------------------------------------------------------------------------
@@ -209,6 +236,7 @@ class Retrainer:
         self.notifications = Journal(home / "notifications.jsonl")  # the human receiver's pages
         self._threads: list[threading.Thread] = []
         self.interrupted: dict | None = None
+        self.release: ReleaseController | None = None  # set by create_app (the controller's events land here)
         self._kill_orphans()
         self._restore()
         self._resume()
@@ -380,13 +408,16 @@ class Retrainer:
             self.metrics.failures.inc()
             log.error("%s failed: %s", run["id"], exc)
         else:
-            outcome = "promoted" if result.promoted else "rejected"
+            outcome = result.outcome  # promoted (the first model) | shadow (a challenger) | rejected
             run.update(
                 model_version=result.model_version,
                 run_id=result.run_id,
                 champion_version=result.champion_version,
                 gate_reason=result.reason,
                 metrics=result.metrics,
+                path=[
+                    {"step": "offline gate", "outcome": outcome, "reason": result.reason, "at": time.time()}
+                ],
             )
             self.metrics.last_success.set(time.time())
             log.info("%s finished: v%s %s (%s)", run["id"], run["model_version"], outcome, run["gate_reason"])
@@ -398,6 +429,30 @@ class Retrainer:
         with self.lock:
             self.history.append(run)
             self.running = None
+
+    def release_event(self, event: dict) -> None:
+        """The release controller moved a version on: add the step to its retraining's path and state."""
+        state = {
+            "shadow": "shadow",
+            "promoted": "promoted",
+            "rejected": "rejected",
+            "rolled_back": "rolled_back",
+        }
+        step = {k: event[k] for k in ("step", "outcome", "reason", "at")}
+        if event["outcome"] in ("promoted", "rejected", "done", "rolled_back", "ended"):
+            self.metrics.release_decisions.labels(event["outcome"]).inc()
+        if event["outcome"] == "rolled_back":
+            self.metrics.rollbacks.inc()
+        with self.lock:
+            for record in self.history.items:  # newest last; a version is trained by one retraining
+                if record.get("model_version") == event["version"] and record.get("path") is not None:
+                    record["path"].append(step)
+                    if event["outcome"] in state:
+                        record["state"] = state[event["outcome"]]
+                    elif event["outcome"] == "ended" and record["state"] == "shadow":
+                        record["state"] = "rejected"  # superseded or withdrawn: it never served
+                    self.history.append(dict(record), show=False)  # on disk; a restart reads the last one
+                    return
 
     def status(self) -> dict:
         with self.lock:
@@ -412,6 +467,7 @@ class Retrainer:
             "mode": "kfp" if self.settings.kfp_host else "kfp.local",
             "held": self.held.newest_first(SHOWN),
             "notifications": self.notifications.newest_first(SHOWN),
+            "release": self.release.status() if self.release else None,
         }
 
     def wait_idle(self, timeout: float) -> None:
@@ -422,16 +478,70 @@ class Retrainer:
 # --- HTTP ------------------------------------------------------------------------------------------
 
 
+class RollbackRequest(BaseModel):
+    to: str | None = Field(None, description="the version to serve; default: the `previous` alias")
+
+
+class RollbackAnswer(BaseModel):
+    champion: str
+    was: str | None
+    reason: str
+
+
+def load_check(settings: Settings):
+    """Serving's own load + smoke test of a version (services/serving/model_store.py), as a ValueError."""
+
+    def check(version: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        from pipelines.features import LOAN_SCHEMA
+        from services.serving.model_store import ModelLoadError, load_version
+
+        client = MlflowClient(settings.mlflow_uri, registry_uri=settings.mlflow_uri)
+        try:
+            load_version(client, settings.mlflow_uri, settings.model_name, version, "champion", LOAN_SCHEMA)
+        except ModelLoadError as exc:
+            raise ValueError(f"v{version} does not load or fails the smoke test: {exc}") from exc
+
+    return check
+
+
+def start_release_controller(settings: Settings, retrainer: Retrainer, metrics: RetrainerMetrics):
+    from mlflow.tracking import MlflowClient
+
+    def on_state(state) -> None:
+        for phase in PHASES:
+            metrics.release_phase.labels(phase).set(1 if state.phase == phase else 0)
+
+    controller = ReleaseController(
+        settings, MlflowClient(settings.mlflow_uri), httpx.Client(), retrainer.release_event, on_state
+    )
+    metrics.release_up.set_function(lambda: 1 if controller.died is None else 0)
+    controller.start()
+    return controller
+
+
 def create_app(
-    settings: Settings | None = None, runner: Runner | None = None, monitor: httpx.Client | None = None
+    settings: Settings | None = None,
+    runner: Runner | None = None,
+    monitor: httpx.Client | None = None,
+    release_controller: bool = True,
 ) -> FastAPI:
-    """``monitor``: the HTTP client the data-quality guard asks the monitor with (tests pass a fake)."""
+    """``monitor``: the HTTP client the data-quality guard asks the monitor with (tests pass a fake);
+    ``release_controller=False`` leaves the release controller out (tests of the webhook alone)."""
     settings = settings or Settings()
     setup_logging()
+    # A down MLflow must not hold the release controller (or a rollback) for minutes of retries (its
+    # default is 7 with backoff), as in the monitor. The training child inherits it: a step that
+    # cannot reach MLflow fails in ~20 s, recorded as a failed retraining, instead of hanging.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     if runner is None:
         runner = runner_for(settings, settings.retrain_timeout_seconds)
     metrics = RetrainerMetrics()
     retrainer = Retrainer(settings, runner, metrics, monitor)
+    if release_controller:
+        retrainer.release = start_release_controller(settings, retrainer, metrics)
     log.info(
         "retrainer: %s, model %s, monitor %s, cooldown %.0fs",
         f"KFP API {settings.kfp_host}" if settings.kfp_host else "kfp.local",
@@ -470,6 +580,28 @@ def create_app(
     def status() -> dict:
         """Running or idle, the last retrainings and their gate decisions, held retrainings, human notifications."""
         return retrainer.status()
+
+    @app.get("/api/release")
+    def release() -> dict:
+        """The release controller: phase, champion, challenger, since, live numbers so far, what it waits for."""
+        if retrainer.release is None:
+            return error_response(404, "the release controller is not running in this retrainer")
+        return retrainer.release.status()
+
+    @app.post(
+        "/api/rollback",
+        responses=error_responses(400, 413, 415, 422, described={503: "MLflow did not answer"}),
+    )
+    def rollback(request: RollbackRequest) -> RollbackAnswer:
+        """Champion back to ``previous`` (or ``to``), once that version loads and passes serving's smoke test."""
+        if retrainer.release is None:
+            return error_response(404, "the release controller is not running in this retrainer")
+        try:
+            return RollbackAnswer(**retrainer.release.rollback(request.to, load_check(settings)))
+        except ValueError as exc:
+            return error_response(422, str(exc))
+        except Exception as exc:  # MLflow down: say so, change nothing more
+            return error_response(503, f"MLflow at {settings.mlflow_uri} did not answer: {str(exc)[:300]}")
 
     @app.get("/healthz")
     def healthz() -> Health:

@@ -34,7 +34,7 @@ def first_run(settings):
 
 def test_first_model_becomes_champion(first_run, settings):
     result, steps = first_run
-    assert result.promoted is True and result.model_version == "1"
+    assert result.promoted is True and result.outcome == "promoted" and result.model_version == "1"
     assert result.champion_version == "1"
     assert "no champion yet" in result.reason
     finished = [(step, state) for step, state, _ in steps if state != "running"]
@@ -44,7 +44,7 @@ def test_first_model_becomes_champion(first_run, settings):
 
     client = MlflowClient(settings.mlflow_uri)
     assert client.get_model_version_by_alias(MODEL, "champion").version == "1"
-    assert client.get_model_version_by_alias(MODEL, "challenger").version == "1"
+    assert "challenger" not in client.get_registered_model(MODEL).aliases  # the first model skips shadow
     run = client.get_run(result.run_id)
     assert run.data.params["max_iter"] == "200" and run.data.params["scenario"] == "none"
     assert run.data.metrics["roc_auc"] == pytest.approx(result.metrics["roc_auc"])
@@ -74,16 +74,28 @@ def test_registered_model_has_signature_example_and_reference(first_run, setting
 def test_worse_challenger_is_not_promoted_and_the_tag_says_why(first_run, settings):
     weak = train_params(settings, n_rows=6_000, seed=1, model_name=MODEL, max_iter=3, max_depth=2)
     result = train(weak, settings)
-    assert result.promoted is False and result.model_version == "2"
+    assert result.promoted is False and result.outcome == "rejected" and result.model_version == "2"
     assert result.champion_version == "1"
     client = MlflowClient(settings.mlflow_uri)
     assert client.get_model_version_by_alias(MODEL, "champion").version == "1"
-    assert client.get_model_version_by_alias(MODEL, "challenger").version == "2"
+    assert "challenger" not in client.get_registered_model(MODEL).aliases  # never shadowed
     tags = client.get_model_version(MODEL, "2").tags
     assert tags["gate.decision"] == "rejected"
     assert "worse than the champion" in tags["gate.reason"]
     details = json.loads(tags["gate.details"])
     assert details["champion_score"] > details["challenger_score"] + details["tolerance"]
+
+
+def test_a_passing_version_becomes_challenger_not_champion(first_run, settings):
+    # The same recipe on other rows passes the offline gate: it goes into shadow, the champion stays.
+    result = train(train_params(settings, n_rows=6_000, seed=2, model_name=MODEL), settings)
+    assert result.outcome == "shadow" and result.promoted is False, result.reason
+    assert "challenger goes into shadow" in result.reason and result.champion_version == "1"
+    client = MlflowClient(settings.mlflow_uri)
+    assert client.get_model_version_by_alias(MODEL, "champion").version == "1"
+    assert client.get_model_version_by_alias(MODEL, "challenger").version == result.model_version
+    details = json.loads(client.get_model_version(MODEL, result.model_version).tags["gate.details"])
+    assert details["worse_slices"] == {} and details["slice_tolerance"] == settings.gate_slice_tolerance
 
 
 def test_a_failing_step_is_named(settings, tmp_path):

@@ -107,7 +107,9 @@ def test_an_alert_retrains_on_production_data_tagged_with_the_alert(stack, mlflo
     again = httpx.post(f"{stack['retrainer']}/alerts", json=notification("drift-1"), timeout=10).json()
     assert again["action"] == "skip" and again["reason"] in ("in_progress", "duplicate")
     run = wait_finished(stack, answer["run"])
-    assert run["state"] in ("promoted", "rejected"), run
+    # A champion exists: passing the offline gate makes a challenger in shadow, never a swap.
+    assert run["state"] in ("shadow", "rejected"), run
+    assert run["path"][0]["step"] == "offline gate" and run["path"][0]["outcome"] == run["state"]
 
     client = MlflowClient(mlflow_server)
     version = client.get_model_version(MODEL, run["model_version"])
@@ -125,5 +127,10 @@ def test_an_alert_retrains_on_production_data_tagged_with_the_alert(stack, mlflo
     metrics = httpx.get(f"{stack['retrainer']}/metrics", timeout=10).text
     assert metric_value(metrics, "sandbox_retrain_triggers_total") == 2
     assert metric_value(metrics, "sandbox_retrain_runs_total", outcome="failed") == 1
-    if run["state"] == "promoted":
-        assert client.get_model_version_by_alias(MODEL, "champion").version == run["model_version"]
+    assert client.get_model_version_by_alias(MODEL, "champion").version == stack["v1"]
+    if run["state"] == "shadow":
+        assert client.get_model_version_by_alias(MODEL, "challenger").version == run["model_version"]
+        # The release controller took it into shadow (the monitor holds no paired rows here: it waits).
+        assert wait_until(
+            lambda: httpx.get(f"{stack['retrainer']}/api/release", timeout=10).json()["phase"] == "shadow", 30
+        ), httpx.get(f"{stack['retrainer']}/api/release", timeout=10).json()

@@ -310,7 +310,7 @@ def test_cluster_prometheus_config_is_the_embedded_one_with_service_names(kind_o
         [promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS" in result.stdout + result.stderr and "7 rules found" in result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout + result.stderr and "8 rules found" in result.stdout + result.stderr
 
 
 def test_cluster_alertmanager_config_routes_like_the_embedded_one_to_the_retrainer_service(

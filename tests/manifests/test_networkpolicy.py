@@ -26,7 +26,8 @@ FLOWS = {
     ("monitor", "retrainer", 8002),  # the last retraining on the status page
     ("retrainer", "mlflow", 5000),  # the outcome of its runs
     ("retrainer", "kfp-api", 8888),  # start and follow train-and-register
-    ("retrainer", "monitor", 8001),  # the data-quality verdict before a retraining starts
+    ("retrainer", "monitor", 8001),  # the data-quality verdict; the release controller's live records
+    ("retrainer", "prometheus", 9090),  # the release controller's bake: serving's error rate and p99
     ("prometheus", "serving", 3000),
     ("prometheus", "monitor", 8001),
     ("prometheus", "retrainer", 8002),

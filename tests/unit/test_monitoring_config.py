@@ -51,6 +51,7 @@ def test_promtool_unit_tests_of_every_rule():
         "MonitorStale",
         "DataQualityDegraded",
         "InputRejectionsHigh",
+        "ModelRolledBack",
     }
     assert tested == alerts, "every alert needs a promtool case"
 
