@@ -720,7 +720,8 @@ def demo(
         ),
     ] = 600.0,
 ) -> None:
-    """The whole loop, timed: up, train v1, clean traffic, incident, alert, retrain, v2 serves, alert resolves.
+    """The whole loop, timed: up, train v1, clean traffic, incident, alert, retrain, v2 in shadow, live gate,
+    v2 serves, alert resolves, v2 baked.
 
     With --story upstream-bug: up, train v1, clean traffic, a unit change, DataQualityDegraded, a human notified, retraining held, the fix, the alert resolves, v1 still the champion.
 

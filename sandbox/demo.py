@@ -55,6 +55,10 @@ DEMO_OVERRIDES: dict = {
         "DataQualityDegraded": "10s",
         "InputRejectionsHigh": "10s",
     },
+    # The release: the controller polls often; v2 bakes 30 s (the watch is the point, not its length).
+    # The live gate keeps its 2,000 paired rows: about 35 s of the demo's traffic with its labels.
+    "release_poll_seconds": 2,
+    "release_bake_seconds": 30,
     "alertmanager_group_wait": "1s",
     "alertmanager_group_interval": "5s",
 }
@@ -119,14 +123,24 @@ def retraining_since(settings: Settings, since: float) -> dict | None:
     return status["running"] or (last if last and last["started_at"] > since else None)
 
 
-def retraining_done(settings: Settings, run_id: str) -> dict | None:
+def retraining_record(settings: Settings, run_id: str) -> dict | None:
+    """The retrainer's record of ``run_id`` once the pipeline has finished (offline gate decided), else None."""
     status = retrainer_status(settings)
     if status is None:
         return None
     last = status["last"]
+    return last if status["running"] is None and last and last["id"] == run_id else None
+
+
+def retraining_done(settings: Settings, run_id: str) -> dict | None:
+    record = retraining_record(settings, run_id)
     # A challenger in shadow has not finished: the release controller's live gate decides (docs/releases.md).
-    done = status["running"] is None and last and last["id"] == run_id and last["state"] != "shadow"
-    return last if done else None
+    return record if record and record["state"] != "shadow" else None
+
+
+def path_step(record: dict, step: str) -> dict | None:
+    """The latest entry ``step`` of a retraining's path (offline gate, shadow, live gate, bake, done...)."""
+    return next((p for p in reversed(record.get("path") or []) if p["step"] == step), None)
 
 
 def paged_since(settings: Settings, alertname: str, since: float) -> dict | None:
@@ -172,6 +186,9 @@ class DemoResult:
     time_to_retrain_s: float | None = None
     time_to_recover_s: float | None = None
     quality_alert_s: float | None = None  # upstream-bug: incident -> DataQualityDegraded firing
+    shadow_s: float | None = None  # v2 in shadow -> the live gate's decision
+    live_gate: str | None = None  # the live gate's reason, with its numbers
+    bake_s: float | None = None  # v2 champion -> the bake's verdict
     retrained: bool | None = None  # whether any retraining ran because of the incident
     story: str = "covariate-shift"
     champion_before: str | None = None
@@ -187,8 +204,8 @@ class DemoResult:
     def summary(self) -> dict:
         """What ``sandbox demo --json`` prints: the timings, the versions, requests and failures."""
         keys = ["completed", "story", "time_to_detect_s", "time_to_retrain_s", "time_to_recover_s",
-                "quality_alert_s", "retrained", "champion_before", "champion_after", "requests", "failed_requests",
-                "report"]  # fmt: skip
+                "quality_alert_s", "retrained", "shadow_s", "live_gate", "bake_s", "champion_before",
+                "champion_after", "requests", "failed_requests", "report"]  # fmt: skip
         if not self.completed:
             keys += ["failed_step", "error"]
         return {key: getattr(self, key) for key in keys}
@@ -230,6 +247,8 @@ class Demo:
         self.result = DemoResult(completed=False, events=timeline.events, story=story)
         self.control = TrafficControl()
         self.traffic: Background | None = None
+        self.retrain_run: str | None = None  # the retrainer's id of the incident's retraining
+        self.shadow_at = 0.0  # when v2 went into shadow
         # Seconds to fill one window the monitor judges, at the demo's row rate.
         self.fill = settings.monitor_min_rows / (rps * rows_per_request)
 
@@ -275,7 +294,7 @@ class Demo:
         opening = [self.start_stack, self.train_v1, self.start_traffic, self.clean_traffic]
         if self.story == "upstream-bug":
             return [*opening, self.upstream_bug, self.retraining_held, self.upstream_fixed]
-        return [*opening, self.incident, self.retraining, self.recovery]
+        return [*opening, self.incident, self.retraining, self.live_gate, self.recovery, self.bake]
 
     def run(self) -> DemoResult:
         try:
@@ -458,26 +477,47 @@ class Demo:
             hint=f"see {settings.logs_dir / 'retrainer.log'} and {settings.logs_dir / 'alertmanager.log'}",
         )  # fmt: skip
         self.timeline.add("retraining started", run["id"], at=run["started_at"])
-        self.on_status("retraining on production data (kfp.local): waiting for the gate...")
+        self.retrain_run = run["id"]
+        self.on_status("retraining on production data (kfp.local): waiting for the offline gate...")
         finished = self.wait(
             "retraining finishes",
-            lambda: retraining_done(settings, run["id"]),
+            lambda: retraining_record(settings, run["id"]),
             settings.retrain_timeout_seconds,
         )
-        if finished["state"] != "promoted":
+        if finished["state"] not in ("shadow", "promoted"):
             raise DemoError(
-                "v2 promoted",
+                "v2 passes the offline gate",
                 f"the retraining ended {finished['state']}: {finished.get('error') or finished.get('gate_reason')}"
                 + ("" if "full log" in (finished.get("error") or "") else f" (log: {finished.get('log')})"),
             )
         self.result.champion_after = finished["model_version"]
         self.result.retrained = True
-        live = [p for p in finished.get("path") or [] if p["step"] == "live gate"]  # promoted after shadow
-        promoted = self.timeline.add(
-            "v2 champion",
-            f"v{self.result.champion_after}: {live[-1]['reason'] if live else finished['gate_reason']}",
-            at=live[-1]["at"] if live else finished["finished_at"],
+        offline = path_step(finished, "offline gate") or {"at": finished["finished_at"]}
+        self.shadow_at = self.timeline.add(
+            "v2 in shadow",
+            f"v{finished['model_version']} passed the offline gate ({finished['gate_reason']}); it scores "
+            "every request next to v1 and answers nobody",
+            at=offline["at"],
         )
+
+    def live_gate(self) -> None:
+        settings, v2 = self.settings, self.result.champion_after
+        self.on_status(f"v{v2} in shadow: waiting for paired labelled rows and the live gate...")
+        finished = self.wait(
+            "live gate decides",
+            lambda: retraining_done(settings, self.retrain_run),
+            settings.release_shadow_deadline_seconds + 60,
+            hint=f"`sandbox release status` says what the controller waits for; see {settings.logs_dir / 'retrainer.log'}",
+        )
+        live = path_step(finished, "live gate")
+        reason = live["reason"] if live else finished.get("gate_reason")
+        if finished["state"] != "promoted":
+            raise DemoError("live gate", f"v{v2} ended {finished['state']}: {reason}")
+        self.result.live_gate = reason
+        promoted = self.timeline.add(
+            "v2 champion", f"v{v2}: live gate: {reason}", at=live["at"] if live else None
+        )
+        self.result.shadow_s = round(promoted - self.shadow_at, 1)
         self.result.time_to_retrain_s = round(promoted - self.detected_at, 1)
 
     def recovery(self) -> None:
@@ -496,6 +536,26 @@ class Demo:
         )
         self.timeline.add(f"{ALERT} resolved", at=resolved)
         self.result.time_to_recover_s = round(resolved - self.incident_at, 1)
+
+    def bake(self) -> None:
+        settings, v2 = self.settings, self.result.champion_after
+
+        def ended() -> dict | None:
+            record = retraining_record(settings, self.retrain_run)
+            return (
+                record if record and (path_step(record, "done") or path_step(record, "rolled back")) else None
+            )
+
+        self.on_status(
+            f"v{v2} bakes: error rate, p99 and live quality watched against v{self.result.champion_before}..."
+        )
+        record = self.wait("bake ends", ended, settings.release_bake_seconds + 120)
+        if rolled := path_step(record, "rolled back"):
+            raise DemoError("bake", f"v{v2} was rolled back: {rolled['reason']}")
+        done, started = path_step(record, "done"), path_step(record, "bake")
+        self.timeline.add("v2 baked", f"kept: {done['reason']}", at=done["at"])
+        if started:
+            self.result.bake_s = round(done["at"] - started["at"], 1)
 
 
 def run_demo(settings: Settings, timeline: Timeline, **options) -> DemoResult:

@@ -148,7 +148,14 @@ class RetrainerMetrics:
         )
         for status in ("firing", "resolved"):
             self.pages.labels(status)
-        for reason in ("resolved", "in_progress", "duplicate", "cooldown", "data_quality"):
+        for reason in (
+            "resolved",
+            "in_progress",
+            "release_in_progress",
+            "duplicate",
+            "cooldown",
+            "data_quality",
+        ):
             self.skips.labels(reason)
         for outcome in ("promoted", "shadow", "rejected", "failed"):
             self.runs.labels(outcome)
@@ -316,6 +323,7 @@ class Retrainer:
                 recent_keys=self.recent_keys,
                 now=now,
                 cooldown_seconds=self.settings.retrain_cooldown_seconds,
+                releasing=self.release is not None and self.release.status()["phase"] != "idle",
             )
             alertname = (decision.alert or {}).get("labels", {}).get("alertname")
             if decision.action == TRIGGER:

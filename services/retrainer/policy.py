@@ -5,6 +5,9 @@ Order of the checks (the first that applies wins, each is a ``reason`` label on
 
 1. ``resolved``: no firing alert that asks for a retraining (``action="retrain"``) in the notification.
 2. ``in_progress``: a retraining is running; it will pick up the same production data.
+   ``release_in_progress``: a challenger is in shadow or a promotion bakes (release.py). The alert
+   still fires on the old champion's traffic until the live gate decides; a second retraining now
+   would replace the challenger being judged.
 3. ``duplicate``: the same alert (fingerprint and start time) already started a retraining
    within the cooldown; Alertmanager re-sends a firing group every ``group_interval`` and
    retries failed deliveries.
@@ -44,6 +47,7 @@ def decide(
     recent_keys: dict[str, float],
     now: float,
     cooldown_seconds: float,
+    releasing: bool = False,
 ) -> Decision:
     """``recent_keys``: alert key -> when it triggered. See the module docstring for the order."""
     firing = [
@@ -55,6 +59,8 @@ def decide(
         return Decision(SKIP, "resolved")
     if running:
         return Decision(SKIP, "in_progress", firing[0])
+    if releasing:
+        return Decision(SKIP, "release_in_progress", firing[0])
     within = [a for a in firing if now - recent_keys.get(alert_key(a), -float("inf")) < cooldown_seconds]
     if len(within) == len(firing):
         return Decision(SKIP, "duplicate", firing[0])

@@ -123,7 +123,8 @@ def test_4_a_covariate_shift_retrains_and_promotes(demo):
     settings = demo.settings
     assert not firing(settings) & {REJECTIONS_ALERT, QUALITY_ALERT}  # nothing inhibits the drift alert
     demo.incident()  # DataDriftDetected fires
-    demo.retraining()  # the retrainer starts, the gate promotes v2 (a DemoError otherwise)
+    demo.retraining()  # the retrainer starts, v2 passes the offline gate into shadow (a DemoError otherwise)
+    demo.live_gate()  # the live gate promotes v2 on paired labelled rows
     assert int(demo.result.champion_after) > int(demo.result.champion_before)
     last = status.retrainer_status(settings)["last"]
     assert last["alertname"] == "DataDriftDetected" and last["state"] == "promoted"

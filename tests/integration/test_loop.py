@@ -41,6 +41,9 @@ def test_drift_alert_retrains_promotes_swaps_and_resolves(tmp_path):
         assert int(summary["champion_after"]) > int(summary["champion_before"])
         assert 0 < summary["time_to_detect_s"] < summary["time_to_recover_s"]
         assert summary["time_to_retrain_s"] > 0
+        # The release: v2 proved itself in shadow on live rows, then baked and was kept.
+        assert summary["shadow_s"] > 0 and summary["bake_s"] > 0, summary
+        assert "promote" in summary["live_gate"] and "paired rows" in summary["live_gate"], summary
         # Zero failed requests across the whole run: start-up (a worker without the model holds the
         # request), the swap, and the retraining competing for the CPU.
         assert summary["requests"] > 1000 and summary["failed_requests"] == 0, summary

@@ -60,7 +60,7 @@ def test_the_upstream_bug_story_shares_the_opening_and_holds_instead_of_retraini
     drift, bug = Demo(settings, Timeline()), Demo(settings, Timeline(), story="upstream-bug")
     names = lambda demo: [step.__name__ for step in demo.steps()]  # noqa: E731
     assert names(drift)[:4] == names(bug)[:4] == ["start_stack", "train_v1", "start_traffic", "clean_traffic"]
-    assert names(drift)[4:] == ["incident", "retraining", "recovery"]
+    assert names(drift)[4:] == ["incident", "retraining", "live_gate", "recovery", "bake"]
     assert names(bug)[4:] == ["upstream_bug", "retraining_held", "upstream_fixed"]
     assert settings.alert_for_overrides[QUALITY_ALERT] == "10s"
     summary = DemoResult(

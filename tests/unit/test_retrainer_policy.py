@@ -62,6 +62,17 @@ def test_policy(note, running, last, recent, expected):
     assert (decision.action, decision.reason) == expected
 
 
+def test_a_release_in_progress_holds_a_new_retraining_but_not_a_resolution():
+    """While a challenger is judged in shadow the alert keeps firing on the champion's traffic."""
+    assert (
+        decide(notification(), False, None, {}, 1000.0, 600, releasing=True).reason == "release_in_progress"
+    )
+    assert decide(notification(), True, None, {}, 1000.0, 600, releasing=True).reason == "in_progress"
+    resolved = notification(alert(status="resolved"))
+    assert decide(resolved, False, None, {}, 1000.0, 600, releasing=True).reason == "resolved"
+    assert decide(notification(), False, None, {}, 1000.0, 600, releasing=False).action == TRIGGER
+
+
 def test_policy_picks_the_fresh_alert_of_a_group():
     old, new = alert(fingerprint="old"), alert(fingerprint="new")
     decision = decide(notification(old, new), False, None, {alert_key(old): 990.0}, 1000.0, 600)
