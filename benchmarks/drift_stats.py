@@ -75,15 +75,18 @@ FEED_S = 1.0  # serving's feed flushes every 0.5 s (Settings.feed_flush_seconds)
 def draw(rows: int, scenario: str, seed: int) -> pd.DataFrame:
     """``rows`` loan applications under ``scenario`` at the demo's severity, as the traffic makes them.
 
-    ``label_shift`` resamples within each batch the traffic generates (a second of rows, with
-    replacement), so it is drawn batch by batch like that; the other scenarios act row by row.
+    ``label_shift`` subsamples within each batch the traffic generates (a second of rows; about a third
+    of them remain), so it is drawn batch by batch like that until ``rows`` are there; the other
+    scenarios act row by row.
     """
     if scenario != "label_shift":
         return apply_scenario(generate_loans(rows, seed), scenario, SEVERITY, seed, reference_std=TRAFFIC_STD)
-    batches = [
-        apply_scenario(generate_loans(TRAFFIC_BATCH_ROWS, seed + k), scenario, SEVERITY, seed + k)
-        for k in range(0, math.ceil(rows / TRAFFIC_BATCH_ROWS) * 7919, 7919)
-    ]
+    batches, drawn, k = [], 0, 0
+    while drawn < rows:
+        batches.append(
+            apply_scenario(generate_loans(TRAFFIC_BATCH_ROWS, seed + k), scenario, SEVERITY, seed + k)
+        )
+        drawn, k = drawn + len(batches[-1]), k + 7919
     return pd.concat(batches, ignore_index=True).head(rows)
 
 

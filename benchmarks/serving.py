@@ -29,6 +29,12 @@ targets hold, and one JSON line with everything at the end (stdout; progress goe
 (b) single-row at concurrency 1: bentoml p50 <= 1.2x the baseline's p50;
 (c) the monitor feed costs < 10% of bentoml's req/s at concurrency 16, single-row.
 
+``--shadow`` adds a section: a second registered version (other hyperparameters) gets the alias
+``challenger`` and ``bentoml+shadow`` (feed on, ``SANDBOX_SERVING_SHADOW_SHARE=1``: the feed's sender scores
+every served row with it) runs next to ``bentoml+feed`` (feed on, shadow off: share 0), interleaved in the
+same run; it prints req/s and p99 of both, their ratio, how many rows the shadow scored, and
+(d) p99 with shadow on within 15 % of shadow off at concurrency 16 (per body size).
+
 Run from the repository root (about 10 minutes with the defaults; servers take 20-40 s to start here):
 
     .venv/bin/python benchmarks/serving.py [--duration 15] [--warmup 3] [--workers 2]
@@ -89,6 +95,8 @@ MODEL_NAME = "bench-serving"
 EXPERIMENT = "bench-serving"
 BASELINE, SERVICE, SERVICE_FEED = "mlflow-serve", "bentoml", "bentoml+feed"
 SERVERS = (BASELINE, SERVICE, SERVICE_FEED)
+SERVICE_SHADOW = "bentoml+shadow"  # --shadow: the feed on and the challenger scoring in shadow
+TARGET_D_P99 = 0.15
 LOG_PROBLEM = re.compile(r"Traceback|\bERROR\b|\bCRITICAL\b|Exception|\b5\d\d\b.*(?:error|Error)")
 TARGET_A_RATIO, TARGET_B_RATIO, TARGET_C_COST = 3.0, 1.2, 0.10
 
@@ -137,10 +145,11 @@ class IngestHandler(BaseHTTPRequestHandler):
         ok = self.path.rstrip("/") == "/ingest"
         if ok:
             try:
-                records = len(json.loads(body).get("records", []))
+                found = json.loads(body).get("records", [])
             except (ValueError, AttributeError):
-                records = 0
-            self.server.tally(records)  # type: ignore[attr-defined]
+                found = []
+            shadowed = sum(1 for r in found if isinstance(r, dict) and r.get("shadow_version") is not None)
+            self.server.tally(len(found), shadowed)  # type: ignore[attr-defined]
         reply = b'{"accepted": true}' if ok else b'{"error": "not found"}'
         self.send_response(200 if ok else 404)
         self.send_header("Content-Type", "application/json")
@@ -158,12 +167,13 @@ class IngestServer(ThreadingHTTPServer):
     def __init__(self, port: int):
         super().__init__(("127.0.0.1", port), IngestHandler)
         self.lock = threading.Lock()
-        self.posts = self.records = 0
+        self.posts = self.records = self.shadowed = 0
 
-    def tally(self, records: int) -> None:
+    def tally(self, records: int, shadowed: int = 0) -> None:
         with self.lock:
             self.posts += 1
             self.records += records
+            self.shadowed += shadowed
 
 
 # --- model -------------------------------------------------------------------------------------------
@@ -475,6 +485,7 @@ def start_server(
         # A --service outside the repository still imports the project's packages.
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
+    env.update(shadow_env(server))
     if args.max_batch_size is not None:
         env["SANDBOX_SERVING_MAX_BATCH_SIZE"] = str(args.max_batch_size)
     if args.max_latency_ms is not None:
@@ -604,7 +615,14 @@ def bench_server(
         if server == SERVICE_FEED:
             time.sleep(3)  # let the last batches flush (flush interval 0.5 s, plus retries)
             feed = feed_metrics(base)
-        return {"server": server, "ready_s": round(ready_s, 1), "cases": cases, "feed": feed}
+        shadow = shadow_counters(base) if server == SERVICE_SHADOW else None
+        return {
+            "server": server,
+            "ready_s": round(ready_s, 1),
+            "cases": cases,
+            "feed": feed,
+            "shadow": shadow,
+        }
     finally:
         proc.stop()
         problems = log_problems(proc.log_path)
@@ -774,7 +792,114 @@ def print_report(summary: dict) -> None:
         verdict = "[green]holds[/]" if target["holds"] else "[red]does NOT hold[/]"
         details = {k: v for k, v in target.items() if k not in ("what", "holds")}
         out.print(f"target {key}: {target['what']}: {verdict} {details}")
+    if summary.get("shadow"):
+        print_shadow(out, summary["shadow"])
     print(json.dumps(summary), flush=True)
+
+
+# --- shadow (--shadow) -------------------------------------------------------------------------------
+
+
+def shadow_env(server: str) -> dict[str, str]:
+    """Shadow on only for ``bentoml+shadow`` (which also needs the feed: the sender does the scoring)."""
+    if server == SERVICE_SHADOW:
+        return {"SANDBOX_MONITOR_FEED": "true", "SANDBOX_SERVING_SHADOW_SHARE": "1"}
+    return {"SANDBOX_SERVING_SHADOW_SHARE": "0"}
+
+
+def register_challenger(tracking_uri: str, n_rows: int) -> str:
+    """A second version (other seed and hyperparameters, so its answers differ), given the alias challenger."""
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.data import generate_loans
+    from pipelines.features import LOAN_SCHEMA
+    from pipelines.registry import CHALLENGER, log_and_register
+    from pipelines.train import split, train_model
+
+    train, _ = split(generate_loans(n_rows, seed=1), LOAN_SCHEMA, 0.25, 1)
+    model = train_model(train, LOAN_SCHEMA, max_iter=100, learning_rate=0.2)
+    _, version = log_and_register(
+        tracking_uri, model, LOAN_SCHEMA, train, params={"n_rows": n_rows}, metrics={},
+        model_name=MODEL_NAME, experiment=EXPERIMENT, tags={"trigger": "benchmark-shadow"},
+    )  # fmt: skip
+    MlflowClient(tracking_uri).set_registered_model_alias(MODEL_NAME, CHALLENGER, version)
+    return version
+
+
+def shadow_counters(base: str) -> dict[str, float]:
+    """Rows the shadow scored and its failures, from the service's /metrics (summed over workers)."""
+    out = {"scored": 0.0, "failures": 0.0}
+    time.sleep(1)  # the sender's last drain (every 0.5 s) is scored and counted
+    with contextlib.suppress(httpx.HTTPError):
+        text = httpx.get(base + "/metrics", timeout=10).text
+        for name, key in (
+            ("sandbox_shadow_predictions_total", "scored"),
+            ("sandbox_shadow_failures_total", "failures"),
+        ):
+            out[key] = sum(float(m.group(1)) for m in re.finditer(rf"^{name}{{[^}}]*}}\s+(\S+)", text, re.M))
+    return out
+
+
+def shadow_summary(cases: list[dict], results: list[dict], ingest) -> dict:
+    """Shadow off (``bentoml+feed``) against on (``bentoml+shadow``) per case, and target (d)."""
+    rows = []
+    for case in cases:
+        if case["server"] != SERVICE_SHADOW:
+            continue
+        off = find(cases, SERVICE_FEED, case["concurrency"], case["rows"])
+        if off is None:
+            continue
+        rows.append({
+            "concurrency": case["concurrency"], "rows": case["rows"],
+            "off": {k: round(off[k], 2) for k in ("req_per_s", "p50_ms", "p99_ms")} | {"errors": off["errors"]},
+            "on": {k: round(case[k], 2) for k in ("req_per_s", "p50_ms", "p99_ms")} | {"errors": case["errors"]},
+            "req_per_s_ratio": ratio(case["req_per_s"], off["req_per_s"]),
+            "p99_ratio": ratio(case["p99_ms"], off["p99_ms"]),
+            "p99_ratio_per_round": [
+                ratio(on["p99_ms"], next((o["p99_ms"] for o in off.get("runs", []) if o["round"] == on["round"]), None))
+                for on in case.get("runs", [])
+            ],
+        })  # fmt: skip
+    targets = {
+        f"d rows={r['rows']}": {
+            "what": f"c=16, {r['rows']} row(s): shadow-on p99 within {TARGET_D_P99:.0%} of shadow off",
+            "p99_ms": [r["on"]["p99_ms"], r["off"]["p99_ms"]],
+            "holds": bool(r["p99_ratio"] is not None and r["p99_ratio"] <= 1 + TARGET_D_P99),
+        }
+        for r in rows
+        if r["concurrency"] == 16
+    }
+    counters = [r["shadow"] for r in results if r["server"] == SERVICE_SHADOW and r.get("shadow")]
+    return {
+        "cases": rows,
+        "targets": targets,
+        "scored_rows": sum(c["scored"] for c in counters),
+        "failures": sum(c["failures"] for c in counters),
+        "shadowed_records_at_ingest": ingest.shadowed,
+    }
+
+
+def print_shadow(out: Console, shadow: dict) -> None:
+    table = Table(
+        title="shadow scoring: bentoml+feed (shadow off) vs bentoml+shadow (challenger on every row)"
+    )
+    for column in ("concurrency", "rows/request", "req/s off", "req/s on", "req/s on/off", "p99 ms off",
+                   "p99 ms on", "p99 on/off", "p99 on/off per round", "errors off/on"):  # fmt: skip
+        table.add_column(column, justify="right")
+    for r in shadow["cases"]:
+        table.add_row(
+            str(r["concurrency"]), str(r["rows"]), f"{r['off']['req_per_s']:.1f}", f"{r['on']['req_per_s']:.1f}",
+            f"{r['req_per_s_ratio']}x", f"{r['off']['p99_ms']:.1f}", f"{r['on']['p99_ms']:.1f}",
+            f"{r['p99_ratio']}x", str(r["p99_ratio_per_round"] or "—"), f"{r['off']['errors']}/{r['on']['errors']}",
+        )  # fmt: skip
+    out.print(table)
+    out.print(
+        f"shadow scored {shadow['scored_rows']:.0f} rows ({shadow['failures']:.0f} failures); "
+        f"/ingest got {shadow['shadowed_records_at_ingest']} records with shadow fields"
+    )
+    for key, target in shadow["targets"].items():
+        verdict = "[green]holds[/]" if target["holds"] else "[red]does NOT hold[/]"
+        out.print(f"target {key}: {target['what']}: {verdict} p99 on/off {target['p99_ms']} ms")
 
 
 # --- main --------------------------------------------------------------------------------------------
@@ -856,11 +981,18 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--startup-timeout", type=float, default=180, help="seconds to wait for each server")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (MLflow store, server logs)")
+    parser.add_argument(
+        "--shadow", action="store_true",
+        help=f"also measure shadow scoring: {SERVICE_FEED} (shadow off) against {SERVICE_SHADOW} (a challenger "
+        "scoring every row), interleaved; adds both to --servers",
+    )  # fmt: skip
     args = parser.parse_args()
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     if unknown := set(args.servers) - set(SERVERS):
         parser.error(f"unknown servers {sorted(unknown)}; choose from {', '.join(SERVERS)}")
     args.servers = [s for s in SERVERS if s in args.servers]
+    if args.shadow:  # shadow off is the feed on without a shadow: both run, in the same rounds
+        args.servers = [s for s in args.servers if s != SERVICE_FEED] + [SERVICE_FEED, SERVICE_SHADOW]
     if min(args.duration, args.workers, args.n_rows, args.repeats, args.rounds) <= 0 or args.warmup < 0:
         parser.error(
             "--duration, --workers, --n-rows, --rounds, --repeats must be positive, --warmup not negative"
@@ -906,6 +1038,10 @@ def main() -> None:
             n: ([EXAMPLE_ROW] if n == 1 else [pool[i % len(pool)] for i in range(n)])
             for n in args.rows_per_request
         }
+        if args.shadow:
+            console.print(
+                f"challenger for --shadow: {MODEL_NAME} v{register_challenger(tracking_uri, args.n_rows)}"
+            )
         floor = measure_floor(rows, args.floor_calls)
         console.print(f"floor: {json.dumps(floor)}")
         paths = {}
@@ -961,6 +1097,8 @@ def main() -> None:
             "log_problems": args.log_problems,
             "targets": evaluate_targets(cases),
         }
+        if args.shadow:
+            summary["shadow"] = shadow_summary(cases, results, ingest)
         print_report(summary)
     finally:
         if ingest is not None:

@@ -11,8 +11,8 @@ Each scenario takes a frame in the loan schema and a ``severity`` (0 = no change
   ``credit_score`` values become missing.
 - ``concept_drift``: P(default | x) changes: ``0.5 x severity`` of the non-defaulting
   applicants with a good score (>= 700) now default. Features are untouched.
-- ``label_shift``: P(default) rises by ``severity`` x (1 - base rate) x 0.5 through
-  resampling, P(x | y) unchanged.
+- ``label_shift``: P(default) rises by ``severity`` x (1 - base rate) x 0.5 by keeping every
+  defaulting row and subsampling the others (the frame gets shorter, no row repeats), P(x | y) unchanged.
 - ``unit_change``: an upstream bug, not a changed world: ``min(severity, 1)`` of rows send
   ``income`` in thousands of USD instead of USD (x 0.001). Every value stays inside the schema's
   range, so serving accepts the rows; only the monitor's data-quality checks can tell. Labels are
@@ -100,15 +100,12 @@ def apply_scenario(
     elif scenario == "label_shift":
         base = float(out[LABEL].mean())
         target = min(base + min(severity, 1.0) * (1 - base) * 0.5, 0.99)
-        n_pos = round(target * len(out))
         pos, neg = out[out[LABEL] == 1], out[out[LABEL] == 0]
         if pos.empty:
             raise DataError("label_shift needs at least one positive row to resample")
-        out = pd.concat(
-            [
-                pos.sample(n=n_pos, replace=True, random_state=seed),
-                neg.sample(n=len(out) - n_pos, replace=len(out) - n_pos > len(neg), random_state=seed),
-            ]
-        )
+        # Every positive kept and negatives subsampled, never a row twice: repeated rows are a
+        # data-quality failure of their own (duplicate_rows), not a changed world.
+        n_neg = min(round(len(pos) * (1 - target) / target), len(neg))
+        out = pd.concat([pos, neg.sample(n=n_neg, replace=False, random_state=seed)])
         out = out.sample(frac=1, random_state=seed).reset_index(drop=True)
     return out

@@ -223,6 +223,8 @@ def up(
         except local_stack.StackError as exc:
             fail(f"{exc}")
     print_status(rows)
+    if missing := local_stack.missing_monitoring():
+        err.print(f"[yellow]warning:[/] {local_stack.missing_monitoring_message(missing)}")
     console.print(f"state in {settings.home}; stop with [bold]sandbox down[/]")
 
 
@@ -298,6 +300,7 @@ def status(
                     "paged": paged,
                     "held": held,
                     "home": str(settings.home),
+                    "missing_binaries": local_stack.missing_monitoring(),
                 }
             )
         )
@@ -319,6 +322,12 @@ def status(
         elif alerts is not None:
             console.print("no alert firing")
         print_pages(paged, held)
+        if missing := local_stack.missing_monitoring():
+            err.print(f"[yellow]warning:[/] {local_stack.missing_monitoring_message(missing)}")
+        if not any(r["state"] == "RUNNING" for r in rows):
+            err.print(
+                "nothing is running: start the embedded stack with [bold]sandbox up --local[/] (or `make local`)"
+            )
     if not all(r["healthy"] for r in rows):
         raise typer.Exit(1)
 

@@ -279,6 +279,10 @@ class Demo:
         from sandbox import local_stack
 
         self.on_status("starting the stack with the demo profile...")
+        if (
+            missing := local_stack.missing_monitoring()
+        ):  # the story waits on alerts: say so now, not at a timeout
+            raise DemoError("stack up", local_stack.missing_monitoring_message(missing))
         try:
             local_stack.up(
                 self.settings,

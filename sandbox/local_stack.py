@@ -80,6 +80,28 @@ def alertmanager_binary() -> str | None:
     return shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
 
 
+MONITORING_INSTALL_HINT = (
+    "install them with `make setup` (Debian/Ubuntu: `apt install prometheus prometheus-alertmanager`; "
+    "macOS: `brew install prometheus alertmanager`), then run `sandbox up --local` again"
+)
+
+
+def missing_monitoring() -> list[str]:
+    """Prometheus and Alertmanager binaries not on PATH: without them the stack runs, but no alert fires."""
+    return [
+        name
+        for name, found in (
+            ("prometheus", shutil.which("prometheus")),
+            ("alertmanager", alertmanager_binary()),
+        )
+        if not found
+    ]
+
+
+def missing_monitoring_message(missing: list[str]) -> str:
+    return f"{' and '.join(missing)} not found on PATH: no alert can fire, so the loop cannot close; {MONITORING_INSTALL_HINT}"
+
+
 def render_monitoring_config(settings: Settings) -> tuple[Path, Path]:
     """Copies of monitoring/'s Prometheus and Alertmanager configs with this stack's ports and paths."""
     import yaml

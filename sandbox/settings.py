@@ -20,8 +20,9 @@ class Settings(BaseSettings):
     home: Path = Field(
         REPO_ROOT / ".sandbox", description="State directory: MLflow store, logs, pipeline outputs"
     )
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # every service of the embedded stack listens here, and only here
 
+    # The embedded stack's ports (the tests and benchmarks pick free ones).
     mlflow_port: int = 5000
     serving_port: int = 3000
     monitor_port: int = 8001
@@ -52,6 +53,10 @@ class Settings(BaseSettings):
     # A worker that has no model yet holds /predict this long for its next poll (another worker may
     # already serve the champion) before it answers 503; with no champion at all it answers at once.
     serving_hold_seconds: float = 20.0
+    # Share of served rows the `challenger` also scores, in shadow (its answer is never returned): picked
+    # by a hash of the request id, so a row is in or out whatever worker served it. 0 disables shadow.
+    # Shadow scoring runs in the monitor feed's sender: with SANDBOX_MONITOR_FEED=false there is none.
+    serving_shadow_share: float = Field(1.0, ge=0.0, le=1.0)
     # Serving -> monitor feed: bounded queue, batched POSTs, retries with backoff, counted drops.
     monitor_feed: bool = True
     feed_queue_size: int = 10_000

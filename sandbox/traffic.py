@@ -192,7 +192,7 @@ class RowSource:
     def take(self, scenario: str, severity: float) -> list[tuple[dict, int]]:
         if (scenario, severity) != self.buffered_as:  # an incident starts now, not after the buffer
             self.buffer, self.buffered_as = [], (scenario, severity)
-        if len(self.buffer) < self.rows_per_request:
+        while len(self.buffer) < self.rows_per_request:  # label_shift keeps about a third of a batch
             rows, truth = rows_with_truth(
                 self.batch_rows, scenario, severity, self.seed * 100_003 + self.chunk, self.reference_std
             )

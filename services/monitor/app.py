@@ -16,7 +16,8 @@
   asked for), ``/healthz`` for probes.
 - ``GET /api/records?limit=N&labelled=true&clean_only=true``: the latest stored records (the
   retrainer's production data); ``clean_only`` leaves out records not judged yet and those of
-  windows that failed data quality.
+  windows that failed data quality. ``model_version=V`` / ``shadow_version=W`` keep the rows V
+  answered / W scored in shadow (the release controller's paired evidence).
 
 The evaluation loop is evaluator.py, the page status_page.py; this module only wires HTTP.
 """
@@ -64,6 +65,7 @@ FeatureValue = (
     Annotated[float, Field(allow_inf_nan=False)] | Annotated[str, StringConstraints(max_length=256)] | None
 )
 Binary = Annotated[StrictInt, Field(ge=0, le=1)]  # StrictInt: true is not 1
+SHADOW_FIELDS = ("shadow_version", "shadow_prediction", "shadow_probability")
 
 
 class Record(BaseModel):
@@ -76,6 +78,18 @@ class Record(BaseModel):
     features: dict[FeatureName, FeatureValue] = Field(min_length=1, max_length=256)
     prediction: Binary
     probability: float = Field(ge=0, le=1)
+    # The challenger's answer on this row, scored in shadow (never returned to the client); all three or none.
+    shadow_version: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    shadow_prediction: Binary | None = None
+    shadow_probability: float | None = Field(None, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def shadow_fields_together(self) -> Record:
+        given = [f for f in SHADOW_FIELDS if getattr(self, f) is not None]
+        if given and len(given) != len(SHADOW_FIELDS):
+            missing = sorted(set(SHADOW_FIELDS) - set(given))
+            raise ValueError(f"a shadowed record needs all of {', '.join(SHADOW_FIELDS)}; missing {missing}")
+        return self
 
 
 class RejectedRow(BaseModel):
@@ -239,20 +253,30 @@ def create_app(
             bool,
             Query(description="only records judged, outside every window that failed data quality"),
         ] = False,
+        model_version: Annotated[
+            str | None, Query(min_length=1, max_length=64, description="only rows this version answered")
+        ] = None,
+        shadow_version: Annotated[
+            str | None,
+            Query(min_length=1, max_length=64, description="only rows this version scored in shadow"),
+        ] = None,
     ) -> RecordsPage:
         """The latest ``limit`` stored records, oldest first (``labelled=true``: only those with a label).
 
         The retrainer's production data: what serving saw, with the ground truth that came back.
         ``clean_only=true`` (what retraining asks for): a record received after the last evaluation
         or in a window that failed data quality is left out, so it never trains a model or becomes
-        a drift reference (docs/retraining.md).
+        a drift reference (docs/retraining.md). ``model_version`` / ``shadow_version``: the release
+        controller's paired evidence (rows one version answered, or scored in shadow, with their labels).
         """
-        if clean_only:
-            found = store.export(
-                limit, labelled_only=labelled, since=since, clean_until=monitor.last_evaluated_at or 0.0
-            )
-        else:
-            found = store.export(limit, labelled_only=labelled, since=since)
+        found = store.export(
+            limit,
+            labelled_only=labelled,
+            since=since,
+            clean_until=(monitor.last_evaluated_at or 0.0) if clean_only else None,
+            model_version=model_version,
+            shadow_version=shadow_version,
+        )
         return RecordsPage(count=len(found), records=found)
 
     @app.get(

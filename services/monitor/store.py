@@ -31,6 +31,11 @@ import pandas as pd
 
 log = logging.getLogger("sandbox.monitor.store")
 
+# What ``export`` (``GET /api/records``) gives per record; ``features`` is the row as served.
+EXPORT_KEYS = (
+    "request_id", "ts", "model_version", "features", "prediction", "probability", "label", "received_at",
+    "shadow_version", "shadow_prediction", "shadow_probability",
+)  # fmt: skip
 META_COLUMNS = [
     "request_id",
     "ts",
@@ -50,7 +55,10 @@ CREATE TABLE IF NOT EXISTS records (
     prediction INTEGER NOT NULL,
     probability REAL NOT NULL,
     label INTEGER NULL,
-    received_at REAL NOT NULL
+    received_at REAL NOT NULL,
+    shadow_version TEXT NULL,
+    shadow_prediction INTEGER NULL,
+    shadow_probability REAL NULL
 );
 CREATE INDEX IF NOT EXISTS records_received_at ON records (received_at);
 CREATE TABLE IF NOT EXISTS rejected (
@@ -69,6 +77,13 @@ CREATE TABLE IF NOT EXISTS quality_failures (
 );
 CREATE INDEX IF NOT EXISTS quality_failures_since ON quality_failures (since);
 """
+# Added to ``records`` after the first release: a monitor.db made before gets them at open (null = not shadowed).
+SHADOW_COLUMNS = {"shadow_version": "TEXT", "shadow_prediction": "INTEGER", "shadow_probability": "REAL"}
+# Only shadowed rows are indexed: the release controller asks for one shadow version's labelled rows.
+SHADOW_INDEX = (
+    "CREATE INDEX IF NOT EXISTS records_shadow_version ON records (shadow_version, received_at) "
+    "WHERE shadow_version IS NOT NULL"
+)
 DEFAULT_MAX_REJECTED = 10_000
 
 
@@ -96,6 +111,16 @@ class RecordStore:
         self._closed = False
         conn = self._conn()
         conn.executescript(SCHEMA)
+        self._add_missing_columns(conn)
+        conn.execute(SHADOW_INDEX)
+
+    def _add_missing_columns(self, conn: sqlite3.Connection) -> None:
+        """Bring a store made by an older monitor up to date (nullable columns: old rows read as null)."""
+        have = {row[1] for row in conn.execute("PRAGMA table_info(records)")}
+        for name, kind in SHADOW_COLUMNS.items():
+            if name not in have:
+                conn.execute(f"ALTER TABLE records ADD COLUMN {name} {kind} NULL")
+                log.info("record store %s: added column records.%s", self.path, name)
 
     def _conn(self) -> sqlite3.Connection:
         if self._closed:
@@ -137,6 +162,9 @@ class RecordStore:
                 int(r["prediction"]),
                 float(r["probability"]),
                 now,
+                r.get("shadow_version"),
+                r.get("shadow_prediction"),
+                r.get("shadow_probability"),
             )
             for r in records
         ]
@@ -146,8 +174,8 @@ class RecordStore:
         def work(conn):
             cursor = conn.executemany(
                 "INSERT OR IGNORE INTO records "
-                "(request_id, ts, model_version, features, prediction, probability, received_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "(request_id, ts, model_version, features, prediction, probability, received_at, "
+                "shadow_version, shadow_prediction, shadow_probability) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
             return cursor.rowcount  # executemany sums the changes; ignored rows add nothing
@@ -307,14 +335,22 @@ class RecordStore:
         labelled_only: bool = False,
         since: float | None = None,
         clean_until: float | None = None,
+        model_version: str | None = None,
+        shadow_version: str | None = None,
     ) -> list[dict]:
-        """The latest ``max_rows`` records (received at or after ``since``), oldest first, for retraining.
+        """The latest ``max_rows`` records (received at or after ``since``), oldest first, for retraining
+        and for the release controller's paired evidence.
 
         With ``clean_until`` (the last evaluation's time): only records received by then, i.e.
-        judged, and outside every window that failed data quality.
+        judged, and outside every window that failed data quality. ``model_version``: only rows that
+        version answered; ``shadow_version``: only rows that version scored in shadow.
         """
         where = "WHERE received_at >= ?" + (" AND label IS NOT NULL" if labelled_only else "")
         params: tuple = (-1.0 if since is None else float(since),)
+        for column, value in (("model_version", model_version), ("shadow_version", shadow_version)):
+            if value is not None:
+                where += f" AND {column} = ?"
+                params += (value,)
         if clean_until is not None:
             where += (
                 " AND received_at <= ? AND NOT EXISTS (SELECT 1 FROM quality_failures q"
@@ -324,14 +360,13 @@ class RecordStore:
         rows = (
             self._conn()
             .execute(
-                "SELECT request_id, ts, model_version, features, prediction, probability, label, received_at "
+                f"SELECT {', '.join(EXPORT_KEYS)} "
                 f"FROM records {where} ORDER BY received_at DESC, rowid DESC LIMIT ?",
                 (*params, int(max_rows)),
             )
             .fetchall()
         )
-        keys = ("request_id", "ts", "model_version", "features", "prediction", "probability", "label")
-        out = [{**dict(zip(keys, r[:7], strict=True)), "received_at": r[7]} for r in reversed(rows)]
+        out = [dict(zip(EXPORT_KEYS, r, strict=True)) for r in reversed(rows)]
         for record in out:
             record["features"] = json.loads(record["features"])
         return out

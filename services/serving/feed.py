@@ -13,6 +13,11 @@ apart, bounded in bytes (``rejected_queue_bytes``: they carry the request body t
 from), turned into at most ``rejected_sample_rows`` ``rejected`` items each in the sender thread,
 and posted as ``/ingest``'s ``rejected`` list (with the records, or with ``records: []``). They are
 counted per refused request by ``count_rejected(outcome, n)``, apart from the records.
+
+Shadow scoring (services/serving/shadow.py) runs here too, off the request path: ``shadow(batches)``
+scores the drained batches with the challenger before their records are built, and the records carry
+its answer (``shadow_version``, ``shadow_prediction``, ``shadow_probability``; absent on a row it did
+not score). With the feed off there is no shadow.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import httpx
 from pydantic_core import to_json
 
 from services.serving.rejections import Rejection
+from services.serving.shadow import Shadow
 
 log = logging.getLogger("sandbox.serving.feed")
 
@@ -45,10 +51,10 @@ class ServedBatch:
     def __len__(self) -> int:
         return len(self.request_ids)
 
-    def records(self) -> list[dict]:
-        """The DESIGN ``/ingest`` records, one per row."""
+    def records(self, shadow: Shadow | None = None) -> list[dict]:
+        """The DESIGN ``/ingest`` records, one per row, with the shadow's answer on the rows it scored."""
         names = list(self.features)
-        return [
+        records = [
             {
                 "request_id": request_id, "ts": self.ts, "model_version": self.model_version,
                 "features": dict(zip(names, values, strict=True)),
@@ -59,6 +65,17 @@ class ServedBatch:
                 strict=True,
             )
         ]  # fmt: skip
+        if shadow is not None:
+            for record, prediction, probability in zip(
+                records, shadow.predictions, shadow.probabilities, strict=True
+            ):
+                if prediction is not None:
+                    record.update(
+                        shadow_version=shadow.version,
+                        shadow_prediction=prediction,
+                        shadow_probability=probability,
+                    )
+        return records
 
 
 Batch = ServedBatch | list[dict]  # a served batch, or ready-made records
@@ -78,6 +95,7 @@ class MonitorFeed:
         rejected_queue_bytes: int = 4_194_304,
         rejected_sample_rows: int = 10,
         count_rejected: Callable[[str, int], None] = lambda outcome, n: None,
+        shadow: Callable[[list[Batch]], list[Shadow | None]] | None = None,
     ):
         self.url = url.rstrip("/") + "/ingest"
         self.pending: deque[Batch] = deque()
@@ -92,6 +110,7 @@ class MonitorFeed:
         self.rejected_bytes, self.rejected_queue_bytes = 0, rejected_queue_bytes
         self.rejected_queue_size = rejected_queue_size  # in refused requests
         self.rejected_sample_rows, self.count_rejected = rejected_sample_rows, count_rejected
+        self.shadow = shadow  # ShadowScorer.score, or None: no shadow
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -131,10 +150,20 @@ class MonitorFeed:
         with self._lock:
             batches, self.pending, self.queued = self.pending, deque(), 0
             rejections, self.rejected, self.rejected_bytes = list(self.rejected), deque(), 0
+        shadows = self._shadows(list(batches))
         records: list[dict] = []
-        for batch in batches:
-            records.extend(batch.records() if isinstance(batch, ServedBatch) else batch)
+        for batch, shadow in zip(batches, shadows, strict=True):
+            records.extend(batch.records(shadow) if isinstance(batch, ServedBatch) else batch)
         return records, rejections
+
+    def _shadows(self, batches: list[Batch]) -> list[Shadow | None]:
+        """The shadow's answers per batch; whatever goes wrong there, the records still go out."""
+        if self.shadow is not None and batches:
+            try:
+                return self.shadow(batches)
+            except Exception:  # the scorer catches the model's failures; this guards the sender thread
+                log.exception("shadow scoring failed; the records go without it")
+        return [None] * len(batches)
 
     def _send(self, client: httpx.Client, batch: list[dict], rejections: list[Rejection] = ()) -> None:
         payload: dict = {"records": batch}

@@ -134,7 +134,10 @@ class ModelHolder:
 
     def refresh(self) -> bool:
         """One poll: returns True when a new version was swapped in."""
-        version = self.alias_version()
+        return self._follow(self.alias_version())
+
+    def _follow(self, version: str | None) -> bool:
+        """Load ``version`` unless it is served already or known bad; True when it was swapped in."""
         if version is None or (self.current and self.current.version == version):
             return False
         if version in self.failed_versions:
@@ -143,7 +146,8 @@ class ModelHolder:
             loaded = load_version(self.client, self.tracking_uri, self.name, version, self.alias, self.schema)
         except ModelLoadError as exc:
             self.failed_versions[version] = str(exc)
-            log.error("not serving %s v%s: %s (keeping %s)", self.name, version, exc, self.describe_current())
+            log.error("not loading %s v%s (@%s): %s (keeping %s)", self.name, version, self.alias, exc,
+                      self.describe_current())  # fmt: skip
             self.on_failure(version, str(exc))
             return False
         old, self.current = self.current, loaded
@@ -199,3 +203,32 @@ class ModelHolder:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+
+
+class ShadowHolder(ModelHolder):
+    """Holds the ``challenger`` for shadow scoring: the same load, smoke test and swap as the champion's,
+    but it holds the alias's version or nothing. Where the champion's holder keeps serving what it has,
+    this one lets go when the alias is removed, points at the champion's own version (a shadow of the
+    champion compares nothing), or moves to a version that does not load (the old one is no challenger)."""
+
+    def __init__(self, *args, champion: Callable[[], str | None], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.champion = champion  # the version the champion's holder serves now
+
+    def refresh(self) -> bool:
+        version = self.alias_version()
+        wanted = None if version is None or version == self.champion() else version
+        if wanted is not None and self._follow(wanted):
+            return True
+        if self.current is None or self.current.version == wanted:
+            return False
+        old, self.current = self.current, None
+        why = (
+            "no alias"
+            if version is None
+            else "the champion's version"
+            if wanted is None
+            else f"v{version} failed"
+        )
+        log.info("shadow of %s v%s ended (%s@%s: %s)", self.name, old.version, self.name, self.alias, why)
+        return True  # the caller collects the released model

@@ -6,6 +6,8 @@
   is loaded), ``/metrics`` (BentoML's + ``sandbox_*``), ``/docs`` (OpenAPI).
 - A watcher follows the ``champion`` alias and swaps after a smoke prediction; a broken version is
   never served. Each served batch goes to the monitor through a non-blocking feed.
+- A second watcher follows ``challenger`` (same load and smoke test): the feed's sender scores the
+  served rows with it in shadow (services/serving/shadow.py); its answer only reaches the monitor.
 """
 
 from __future__ import annotations
@@ -35,18 +37,21 @@ from starlette.routing import Route
 from threadpoolctl import threadpool_limits
 
 from pipelines.features import LOAN_SCHEMA
+from pipelines.registry import CHALLENGER
 from sandbox.settings import Settings
 from services.common import BodySizeLimit, JsonOnly, send_json
 from services.serving.feed import MonitorFeed, ServedBatch
 from services.serving.middleware import PREDICT_PATHS, OpenAPIFix
-from services.serving.model_store import LoadedModel, ModelHolder
+from services.serving.model_store import LoadedModel, ModelHolder, ShadowHolder
 from services.serving.rejections import REQUEST_REASONS, ROW_REASONS, RejectionWatch, parse_refusal
 from services.serving.rows import EXAMPLE_ROW, MAX_ROWS, LoanRow, Prediction, columns_of, model_frame
+from services.serving.shadow import ShadowScorer
 
 log = logging.getLogger("sandbox.serving")
 SETTINGS = Settings()  # reads the environment only
-STATE: dict = {"holder": None, "on_refusal": None}  # this worker's model holder (readiness gate,
-# GET /model) and what RejectionWatch calls with a refused /predict (counts it, samples it to the monitor)
+STATE: dict = {"holder": None, "shadow": None, "on_refusal": None}  # this worker's model holder (readiness
+# gate, GET /model), its shadow holder (None: no shadow) and what RejectionWatch calls with a refused
+# /predict (counts it, samples it to the monitor)
 
 
 def create_metrics():
@@ -89,6 +94,15 @@ def create_metrics():
             "Refused requests whose sample went to the monitor, by outcome: sent, dropped_queue_full, "
             "dropped_undeliverable",
             ["outcome"],
+        ),
+        "shadow_predictions": Counter(
+            "sandbox_shadow_predictions_total", "Served rows the challenger scored in shadow", ["model", "version"]
+        ),
+        "shadow_failures": Counter(
+            "sandbox_shadow_failures_total",
+            "Shadow scorings that failed (a challenger that did not load, or raised or answered nonsense on a "
+            "drained set of batches); the records went without shadow fields",
+            ["model"],
         ),
     }  # fmt: skip
 
@@ -154,7 +168,9 @@ async def model_info(request: Request) -> JSONResponse:
     holder = STATE["holder"]
     if holder is None or holder.current is None:
         return JSONResponse({"error": "no model loaded yet; run `sandbox train`"}, status_code=503)
-    return JSONResponse(holder.current.describe())
+    shadow = STATE["shadow"]
+    shadow_version = shadow.current.version if shadow is not None and shadow.current is not None else None
+    return JSONResponse({**holder.current.describe(), "shadow_version": shadow_version})
 
 
 # GET routes (BentoML APIs are POST-only); mounted last, so BentoML's own routes win.
@@ -173,7 +189,20 @@ class Serving:
         # Also cap the BLAS pools numpy loaded before this module could set OMP_NUM_THREADS (process-wide).
         threadpool_limits(int(os.environ["OMP_NUM_THREADS"]))
         self.metrics = create_metrics()
-        self.feed = None
+        self.feed = self.shadow = None
+        if SETTINGS.monitor_feed and SETTINGS.serving_shadow_share > 0:  # the feed's sender does the scoring
+            self.shadow = ShadowHolder(
+                SETTINGS.mlflow_uri,
+                SETTINGS.model_name,
+                LOAN_SCHEMA,
+                alias=CHALLENGER,
+                champion=lambda: self.holder.current.version if self.holder.current else None,
+                on_failure=lambda version, reason: (
+                    self.metrics["shadow_failures"].labels(SETTINGS.model_name).inc()
+                ),
+                after_swap=settle_heap,
+            )
+            self.metrics["shadow_failures"].labels(SETTINGS.model_name)  # exists from the start, for rate()
         if SETTINGS.monitor_feed:
             self.feed = MonitorFeed(
                 SETTINGS.monitor_url,
@@ -187,6 +216,7 @@ class Serving:
                 rejected_queue_bytes=SETTINGS.feed_rejected_queue_bytes,
                 rejected_sample_rows=SETTINGS.feed_rejected_sample_rows,
                 count_rejected=lambda outcome, n: self.metrics["feed_rejected"].labels(outcome).inc(n),
+                shadow=self._shadow_scorer().score if self.shadow else None,
             )
             self.feed.start()
         self.holder = ModelHolder(
@@ -207,13 +237,27 @@ class Serving:
             self.holder.refresh()
         except Exception as exc:  # MLflow not up yet: not ready, the watcher keeps trying
             log.warning("MLflow not reachable at start (%s); will retry", exc)
+        if self.shadow is not None:
+            STATE["shadow"] = self.shadow
+            self.shadow.start(SETTINGS.serving_poll_seconds)  # its first poll at once, off the start-up path
         settle_heap()  # after the model loaded (a later first load or swap settles in the watcher)
         self.holder.start(SETTINGS.serving_poll_seconds)
         log.info(
-            "serving %s@champion from %s (%s), monitor feed %s",
+            "serving %s@champion from %s (%s), monitor feed %s, shadow %s",
             SETTINGS.model_name, SETTINGS.mlflow_uri, self.holder.describe_current(),
             SETTINGS.monitor_url if self.feed else "off",
+            f"of {CHALLENGER} on {SETTINGS.serving_shadow_share:.0%} of rows" if self.shadow else "off",
         )  # fmt: skip
+
+    def _shadow_scorer(self) -> ShadowScorer:
+        shadow_rows, failures = self.metrics["shadow_predictions"], self.metrics["shadow_failures"]
+        return ShadowScorer(
+            lambda: self.shadow.current,
+            LOAN_SCHEMA,
+            SETTINGS.serving_shadow_share,
+            count_rows=lambda version, n: shadow_rows.labels(SETTINGS.model_name, version).inc(n),
+            count_failure=lambda: failures.labels(SETTINGS.model_name).inc(),
+        )
 
     def _on_swap(self, old: LoadedModel | None, new: LoadedModel) -> None:
         if old is not None:
@@ -242,6 +286,8 @@ class Serving:
     @bentoml.on_shutdown
     def shutdown(self) -> None:
         self.holder.stop()
+        if self.shadow is not None:
+            self.shadow.stop()
         if self.feed:
             self.feed.stop()
 

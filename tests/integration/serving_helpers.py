@@ -32,15 +32,15 @@ def register(tracking_uri: str, name: str, seed: int = 0, champion: bool = True,
     return version
 
 
-def register_broken(tracking_uri: str, name: str) -> str:
-    """A version that loads but cannot serve the loan schema (a breast-cancer model), made champion."""
+def register_broken(tracking_uri: str, name: str, alias: str = "champion") -> str:
+    """A version that loads but cannot serve the loan schema (a breast-cancer model), given ``alias``."""
     from mlflow.tracking import MlflowClient
 
     frame = load_breast_cancer_frame()
     schema = breast_cancer_schema()
     model = train_model(frame, schema, max_iter=5)
     _, version = log_and_register(tracking_uri, model, schema, frame, {}, {}, name, "it")
-    MlflowClient(tracking_uri).set_registered_model_alias(name, "champion", version)
+    MlflowClient(tracking_uri).set_registered_model_alias(name, alias, version)
     return version
 
 

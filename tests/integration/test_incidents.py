@@ -119,14 +119,6 @@ def test_3_a_unit_change_pages_a_human_holds_retraining_and_keeps_the_champion(d
     assert status.served_version(settings) == v1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (found by this test): the unit change's DataDriftDetected was notified to the retrainer "
-    "(and held) before the inhibition began; it resolved while inhibited, so Alertmanager never notified the "
-    "resolution, and the covariate shift's DataDriftDetected (same labels, same fingerprint) looks like the "
-    "group already notified: nothing is sent until repeat_interval (1h). Fix: a short repeat_interval on the "
-    "retrainer route (the retrainer dedups by fingerprint@startsAt), then drop this marker.",
-)
 def test_4_a_covariate_shift_retrains_and_promotes(demo):
     settings = demo.settings
     assert not firing(settings) & {REJECTIONS_ALERT, QUALITY_ALERT}  # nothing inhibits the drift alert

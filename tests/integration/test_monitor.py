@@ -41,11 +41,13 @@ LAUNCH = (
 )
 
 
-def start_monitor(home: Path, mlflow_uri: str, port: int, factory_cli: bool = False) -> subprocess.Popen:
+def start_monitor(
+    home: Path, mlflow_uri: str, port: int, factory_cli: bool = False, model: str = MODEL
+) -> subprocess.Popen:
     env = {
         "SANDBOX_HOME": str(home),
         "SANDBOX_MLFLOW_TRACKING_URI": mlflow_uri,
-        "SANDBOX_MODEL_NAME": MODEL,
+        "SANDBOX_MODEL_NAME": model,
         "SANDBOX_ALERTMANAGER_PORT": str(free_port()),  # nothing listens: the page says "unreachable"
         "SANDBOX_RETRAINER_PORT": str(free_port()),  # likewise, not a stack that may run on 8002
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",

@@ -76,8 +76,11 @@ def test_concept_drift_changes_labels_not_features(loans):
 def test_label_shift_raises_the_base_rate(loans):
     drifted = apply_scenario(loans, "label_shift", 1.0, seed=1)
     base = loans[LABEL].mean()
-    assert len(drifted) == len(loans)
     assert drifted[LABEL].mean() == pytest.approx(base + (1 - base) * 0.5, abs=0.01)
+    # P(x | y) unchanged by taking rows as they were, each at most once (repeats would trip duplicate_rows)
+    assert not drifted.duplicated().any()
+    assert (drifted[LABEL] == 1).sum() == (loans[LABEL] == 1).sum()
+    assert len(drifted.merge(loans, how="inner")) == len(drifted)
 
 
 @pytest.mark.parametrize("severity", [0.5, 1.0])

@@ -157,12 +157,13 @@ def test_a_small_window_is_not_judged(ref):
     assert result.ok is None and result.failed == [] and result.checked == []
 
 
-@pytest.mark.parametrize("scenario", ["covariate_shift", "concept_drift"])
+@pytest.mark.parametrize("scenario", ["covariate_shift", "concept_drift", "label_shift"])
 @pytest.mark.parametrize("severity", [1.0, 2.0])
 def test_a_changed_world_is_not_a_broken_feed(scenario, severity, reference, ref):
     """Drift that should retrain must pass data quality, or the loop would never retrain on it."""
     std = {c: float(reference[c].std()) for c in ("credit_score", "debt_to_income")}
-    frame = apply_scenario(generate_loans(WINDOW, seed=5), scenario, severity, seed=5, reference_std=std)
+    rows = WINDOW * (3 if scenario == "label_shift" else 1)  # label_shift keeps about a third of the rows
+    frame = apply_scenario(generate_loans(rows, seed=5), scenario, severity, seed=5, reference_std=std)
     result = judge(frame, ref)
     assert result.ok is True, [f.message for f in result.failed]
 
