@@ -19,16 +19,10 @@ from pipelines.features import LOAN_SCHEMA
 from pipelines.registry import CHALLENGER
 from pipelines.train import features_only
 from services.serving.model_store import example_rows
-from tests.conftest import free_port
-from tests.integration.serving_helpers import (
-    metric_value,
-    register,
-    register_broken,
-    served,
-    stop_process_group,
-    wait_until,
-)
+from tests.integration.serving_helpers import metric_value, register, register_broken
 from tests.integration.test_monitor import start_monitor, wait_healthy
+from tests.support.processes import free_port, stop_process_group, wait_until
+from tests.support.servers import served
 
 pytestmark = pytest.mark.integration
 MODEL = "shadow-it"
