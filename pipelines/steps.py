@@ -2,17 +2,25 @@
 
 Each KFP component (``pipelines/components.py``) is one of these plus artifact I/O; ``run_steps``
 chains them in this process for the benchmarks and tests that want the steps without kfp.local.
+
+Under kfp.local and on the cluster every step is a process of its own that pays for what it
+imports, so each function imports what only it needs in its body: no scikit-learn in load-data and
+validate-data, MLflow only in register and promote, the settings (``pipelines.params``) in none.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from pipelines.features import schema_for_source
-from pipelines.params import TrainParams, TrainResult, logged_params
+
+if TYPE_CHECKING:
+    from pipelines.params import TrainParams
+    from pipelines.result import TrainResult
 
 HOLDOUT_FRACTION = 0.25
 
@@ -24,10 +32,11 @@ def load_data(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
     """``(training rows, drift reference)``: a source with a scenario, or production by its mix rule."""
     from pipelines.data import load_data as load
-    from pipelines.production import production_data
     from pipelines.scenarios import apply_scenario
 
     if source == "production":  # the retrainer: the monitor's records, by the mix rule in production.py
+        from pipelines.production import production_data  # (httpx: only this source needs it)
+
         return production_data(
             monitor_url, n_rows, min_production_rows, clean_rows, drift_reference_rows, seed,
             since=drift_reference_since,
@@ -94,6 +103,8 @@ def run_steps(
 ) -> TrainResult:
     """The whole chain in this process; ``timed(step, seconds)`` after each step (names as in KFP)."""
     import json
+
+    from pipelines.params import logged_params
 
     def step(name: str, fn, *args, **kwargs):
         started = time.perf_counter()

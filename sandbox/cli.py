@@ -16,6 +16,16 @@ from pipelines.params import TrainParams
 from sandbox import status as status_of
 from sandbox.settings import Settings
 
+# The choices each --help lists, written out so that `--help` imports no pandas (pipelines/scenarios.py
+# does); tests/unit/test_docs.py fails when they differ from the code's.
+DRIFT_HELP = "covariate_shift | new_category | missing_values | concept_drift | label_shift"
+SCENARIOS_HELP = f"none | {DRIFT_HELP} | unit_change"
+SOURCES_HELP = "synthetic | breast_cancer | csv | production"
+SEVERITY_HELP = (
+    "Scenario strength, 0..3: standard deviations for covariate_shift; for the others a share of rows, "
+    "severity x 30 % (concept_drift 50 %, unit_change 100 %), at most all; label_shift stops growing at 1."
+)
+
 app = typer.Typer(
     help="mlops-sandbox: train, register, serve and monitor models on one machine (or a kind cluster).",
     no_args_is_help=True,
@@ -204,7 +214,12 @@ def up(
     local: Annotated[
         bool, typer.Option("--local/--kind", help="Embedded stack (default) or kind cluster.")
     ] = True,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for every service to be healthy.")] = 120,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds to wait for every service to be healthy; with --kind, for each rollout (at least 600)."
+        ),
+    ] = 120,
 ) -> None:
     """Start the platform and wait until every service is healthy (safe to run twice)."""
     from sandbox import local_stack
@@ -357,7 +372,15 @@ def doctor(
 
 @app.command()
 def predict(
-    file: Annotated[Path, typer.Option("--file", "-f", help='JSON file: {"rows": [...]} or a list of rows.')],
+    file: Annotated[
+        Path,
+        typer.Option(
+            "--file",
+            "-f",
+            help='JSON file: {"rows": [...]} or a list of rows (make one from GET /model\'s input_example: '
+            "docs/loop-by-hand.md).",
+        ),
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON answer.")] = False,
 ) -> None:
     """Send rows to the serving endpoint and print the predictions."""
@@ -448,11 +471,15 @@ def traffic(
     rps: Annotated[float, typer.Option(help="Requests per second (at most 500).")] = 10,
     duration: Annotated[float, typer.Option(help="Seconds to run (at most 3600).")] = 60,
     scenario: Annotated[
-        str, typer.Option(help="Scenario of the generated rows (those of `sandbox incident`, or none).")
+        str, typer.Option(help=f"Scenario of the generated rows: {SCENARIOS_HELP} | invalid_rows.")
     ] = "none",
-    severity: Annotated[float, typer.Option(help="Scenario strength, 0..3.")] = 1.0,
+    severity: Annotated[float, typer.Option(help=SEVERITY_HELP)] = 1.0,
     label_delay: Annotated[
-        float | None, typer.Option(help="Send each row's true label to the monitor this many seconds later.")
+        float | None,
+        typer.Option(
+            help="Send each row's true label to the monitor this many seconds later. Unset: no labels at all "
+            "(live accuracy, ModelQualityDegraded and a retraining on production data need them)."
+        ),
     ] = None,
     rows_per_request: Annotated[int, typer.Option(help="Rows in each /predict request.")] = 1,
     seed: Annotated[int, typer.Option(help="Random seed of the generated rows.")] = 0,
@@ -467,11 +494,11 @@ def incident(
     scenario: Annotated[
         str,
         typer.Argument(
-            help="Drift (the world changed): covariate_shift | new_category | missing_values | concept_drift | "
-            "label_shift. Broken upstream (a human is paged, no retraining): unit_change | invalid_rows."
+            help=f"Drift (the world changed): {DRIFT_HELP}. Broken upstream (a human is paged, no retraining): "
+            "unit_change | invalid_rows. Which alert each fires: docs/loop-by-hand.md."
         ),
     ],
-    severity: Annotated[float, typer.Option(help="Scenario strength, 0..3.")] = 1.0,
+    severity: Annotated[float, typer.Option(help=SEVERITY_HELP)] = 1.0,
     rps: Annotated[float, typer.Option(help="Requests per second.")] = 20,
     duration: Annotated[float, typer.Option(help="Seconds the incident lasts.")] = 120,
     label_delay: Annotated[
@@ -479,7 +506,8 @@ def incident(
     ] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary at the end.")] = False,
 ) -> None:
-    """Start a named incident: drifted traffic for a while, its start recorded in $SANDBOX_HOME/incidents.jsonl."""
+    """Start a named incident: drifted traffic for a while; once it ends, its start is appended to
+    $SANDBOX_HOME/incidents.jsonl."""
     if scenario == "none":
         fail("an incident needs a drift scenario; for clean traffic use `sandbox traffic`")
     send_traffic(rps, duration, scenario, severity, label_delay, 1, 7, as_json, incident=True)
@@ -491,12 +519,16 @@ DEFAULTS = TrainParams(mlflow_uri="")  # the CLI's defaults are the pipeline's
 @app.command()
 def train(
     source: Annotated[
-        str, typer.Option(help="synthetic | breast_cancer | csv | production")
+        str,
+        typer.Option(
+            help=f"{SOURCES_HELP} (production: the monitor's labelled records plus clean rows, "
+            "as the retrainer trains; docs/retraining.md)."
+        ),
     ] = DEFAULTS.source,
     scenario: Annotated[
-        str, typer.Option(help="Drift scenario applied to the training data.")
+        str, typer.Option(help=f"Drift scenario applied to the training data: {SCENARIOS_HELP}.")
     ] = DEFAULTS.scenario,
-    severity: Annotated[float, typer.Option(help="Scenario strength, 0..3.")] = DEFAULTS.severity,
+    severity: Annotated[float, typer.Option(help=SEVERITY_HELP)] = DEFAULTS.severity,
     n_rows: Annotated[
         int, typer.Option(help="Rows to load (real sources are subsampled).")
     ] = DEFAULTS.n_rows,
@@ -562,7 +594,10 @@ def compile_(
     """Compile train-and-register to KFP IR (what the cluster runs)."""
     from pipelines.run import compile_pipeline
 
-    path = compile_pipeline(output)
+    try:
+        path = compile_pipeline(output)
+    except OSError as exc:
+        fail(f"cannot write {output} ({exc.strerror}); pass --output a path in a writable directory")
     console.print(f"wrote {path}")
 
 
@@ -579,21 +614,31 @@ def demo(
         ),
     ] = "covariate-shift",
     scenario: Annotated[
-        str, typer.Option(help="The covariate-shift story's incident: a drift scenario.")
+        str,
+        typer.Option(
+            help=f"The covariate-shift story's incident: {DRIFT_HELP}. The story waits for DataDriftDetected: "
+            "covariate_shift and label_shift fire it (docs/loop-by-hand.md)."
+        ),
     ] = "covariate_shift",
-    severity: Annotated[float, typer.Option(help="Incident strength, 0..3.")] = 1.0,
+    severity: Annotated[float, typer.Option(help=SEVERITY_HELP)] = 1.0,
     rps: Annotated[float, typer.Option(help="Traffic rate, requests/s.")] = 30.0,
     rows_per_request: Annotated[
         int | None, typer.Option(help="Loan applications per request (default: the demo's, 2).")
     ] = None,
     timeout: Annotated[
-        float, typer.Option(help="Seconds each step may take before the demo gives up.")
+        float,
+        typer.Option(
+            help="Seconds the alert may take to fire; the clean verdicts get a quarter of it, v2's clean "
+            "verdict and the alert resolving half (each plus the time to fill a window). Fixed: the stack "
+            "300 s, serving and the retrainer 120 s each, the retraining SANDBOX_RETRAIN_TIMEOUT_SECONDS."
+        ),
     ] = 600.0,
 ) -> None:
     """The whole loop, timed: up, train v1, clean traffic, incident, alert, retrain, v2 serves, alert resolves.
 
-    With --story upstream-bug: up, train v1, clean traffic, a unit change, DataQualityDegraded, a human
-    notified, retraining held, the fix, the alert resolves, v1 still the champion.
+    With --story upstream-bug: up, train v1, clean traffic, a unit change, DataQualityDegraded, a human notified, retraining held, the fix, the alert resolves, v1 still the champion.
+
+    The demo's short intervals stay in force until the next `sandbox up` (docs/troubleshooting.md).
     """
     from pipelines.data import DataError
     from pipelines.scenarios import check_scenario

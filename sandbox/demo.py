@@ -249,7 +249,24 @@ class Demo:
             if value:
                 return value
             time.sleep(interval)
+        hint = hint or self.where_to_look(step)
         raise DemoError(step, f"did not happen within {timeout:.0f}s{'; ' + hint if hint else ''}")
+
+    def where_to_look(self, step: str) -> str:
+        """What to open when ``step`` times out (docs/troubleshooting.md walks through each)."""
+        s, logs = self.settings, self.settings.logs_dir
+        status_page, alerts = f"the monitor's status page {s.monitor_url}/", f"{s.prometheus_url}/alerts"
+        retrainer = f"{s.retrainer_url}/api/status and {logs / 'retrainer.log'}"
+        return {
+            "clean traffic": f"see {status_page} (verdicts, rows) and {logs / 'monitor.log'}",
+            "alert fires": f"see {alerts} (the rule's state), {status_page} and {logs / 'prometheus.log'}",
+            "retraining held: data quality": f"see {retrainer}",
+            "retraining finishes": f"see {retrainer} (the run's log path) and {logs}/train-*.log",
+            "serving swaps to v2": f"see {logs / 'serving.log'}",
+            "drift falls on v2": f"see {status_page} (rows judged for v2) and {logs / 'monitor.log'}",
+            "alert resolves": f"see {alerts} and {status_page}",
+            f"{QUALITY_ALERT} resolves": f"see {alerts} and {status_page} (data quality)",
+        }.get(step, "")
 
     def steps(self) -> list[Callable[[], None]]:
         """The story's steps in order: the first four are the same for both stories."""

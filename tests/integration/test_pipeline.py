@@ -49,6 +49,9 @@ def test_first_model_becomes_champion(first_run, settings):
     assert run.data.params["max_iter"] == "200" and run.data.params["scenario"] == "none"
     assert run.data.metrics["roc_auc"] == pytest.approx(result.metrics["roc_auc"])
     assert "slice_region_north_roc_auc" in run.data.metrics
+    # The metrics are tied to the logged model too (logged after it, in one request).
+    logged = client.get_logged_model(run.outputs.model_outputs[0].model_id)
+    assert {m.key for m in logged.metrics} >= {"roc_auc", "slice_region_north_roc_auc"}
     assert run.data.tags["trigger"] == "manual"
     version = client.get_model_version(MODEL, "1")
     assert version.tags["gate.decision"] == "promoted"

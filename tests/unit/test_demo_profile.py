@@ -1,5 +1,7 @@
 """The demo's profile: short intervals reach the services and the rendered monitoring config, not monitoring/."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -76,3 +78,29 @@ def test_the_demo_cli_refuses_an_unknown_story():
 
     result = CliRunner().invoke(app, ["demo", "--story", "typo"])
     assert result.exit_code == 1 and "covariate-shift, upstream-bug" in result.output
+
+
+def test_a_step_that_times_out_says_where_to_look(tmp_path):
+    import re
+
+    from sandbox import demo as demo_module
+    from sandbox.demo import Demo, DemoError, Timeline
+
+    demo = Demo(demo_settings(Settings(home=tmp_path)), Timeline())
+    with pytest.raises(
+        DemoError, match=r"alert fires: did not happen within 0s; see http://127.0.0.1:9090/alerts"
+    ):
+        demo.wait("alert fires", lambda: None, timeout=0)
+    # Every step the demo waits on names a page or a log when it times out.
+    source = Path(demo_module.__file__).read_text()
+    calls = []
+    for start in (m.end() for m in re.finditer(r"self\.wait\(", source)):
+        depth, end = 1, start
+        while depth:
+            depth += {"(": 1, ")": -1}.get(source[end], 0)
+            end += 1
+        call = source[start:end]
+        name = re.match(r"\s*f?\"([^\"]+)\"", call).group(1)
+        calls.append((name.replace("{QUALITY_ALERT}", demo_module.QUALITY_ALERT), "hint=" in call))
+    assert len(calls) >= 10
+    assert [name for name, hinted in calls if not hinted and not demo.where_to_look(name)] == []

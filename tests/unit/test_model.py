@@ -36,3 +36,25 @@ def test_weak_hyperparameters_give_a_weaker_model():
         "roc_auc"
     ]
     assert weak < strong - 0.05
+
+
+def test_split_is_stratified_disjoint_complete_and_seeded():
+    frame = generate_loans(2_001, seed=3)
+    train, holdout = split(frame, LOAN_SCHEMA, holdout_fraction=0.25, seed=4)
+    assert len(train) + len(holdout) == len(frame)
+    assert set(train.index).isdisjoint(holdout.index) and set(train.index) | set(holdout.index) == set(
+        frame.index
+    )
+    for value, rows in frame["default"].value_counts().items():  # each label value gives its share
+        assert (holdout["default"] == value).sum() == round(0.25 * rows)
+    again, _ = split(frame, LOAN_SCHEMA, holdout_fraction=0.25, seed=4)
+    other, _ = split(frame, LOAN_SCHEMA, holdout_fraction=0.25, seed=5)
+    assert list(again.index) == list(train.index) and list(other.index) != list(train.index)
+    assert list(train.index) != sorted(train.index)  # shuffled: no order of the source leaks into training
+
+
+def test_split_keeps_a_rare_label_on_both_sides():
+    frame = generate_loans(200, seed=1).assign(default=0)
+    frame.iloc[:2, frame.columns.get_loc("default")] = 1  # two positives: one each side
+    train, holdout = split(frame, LOAN_SCHEMA, holdout_fraction=0.25, seed=0)
+    assert train["default"].sum() == 1 and holdout["default"].sum() == 1

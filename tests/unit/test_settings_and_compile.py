@@ -49,3 +49,15 @@ def test_compiled_pipeline_parses_back_and_names_the_project_image(tmp_path):
     images = {executor["container"]["image"] for executor in document["deploymentSpec"]["executors"].values()}
     assert images == {PROJECT_IMAGE}
     assert "mlflow_uri" in spec.root.input_definitions.parameters
+
+
+def test_compile_to_an_unwritable_path_names_the_fix(tmp_path):
+    from typer.testing import CliRunner
+
+    from sandbox.cli import app
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = CliRunner().invoke(app, ["compile", "--output", str(blocker / "x.yaml")])
+    assert result.exit_code == 1
+    assert "pass --output a path in a writable directory" in result.output
