@@ -1,4 +1,4 @@
-"""The Grafana dashboards' PromQL against a live Prometheus (their JSON model: tests/manifests/test_dashboards.py).
+"""The Grafana dashboards' PromQL against a live Prometheus (their JSON model: tests/manifests/test_dashboard_model.py).
 
 Every expression (panels, template variables, annotations, and the alert rules) runs against a
 real Prometheus scraping the real monitor and retrainer services and a serving exporter built from
@@ -24,7 +24,7 @@ from pipelines.data import generate_loans
 from pipelines.features import LABEL, LOAN_SCHEMA
 from pipelines.scenarios import apply_scenario
 from pipelines.train import features_only
-from tests.manifests.test_dashboards import (
+from tests.manifests.dashboards import (
     RULES,
     all_expressions,
     dashboards,

@@ -1,5 +1,6 @@
 """A real monitor process (uvicorn) against a real MLflow server with a registered model."""
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -11,6 +12,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -66,6 +68,18 @@ def wait_healthy(url: str, proc: subprocess.Popen, home: Path) -> None:
     assert ok and proc.poll() is None, logs
 
 
+@contextlib.contextmanager
+def running_monitor(home: Path, mlflow_uri: str, model: str = MODEL) -> Iterator[str]:
+    """A monitor on a free port, healthy before its URL is given; stopped after."""
+    port = free_port()
+    proc = start_monitor(home, mlflow_uri, port, model=model)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", proc, home)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_process_group(proc)
+
+
 def records_of(frame: pd.DataFrame, version: str, flip_every: int = 0) -> list[dict]:
     """Inference records as serving sends them; the prediction is the label, flipped every ``flip_every``-th."""
     features = features_only(frame, LOAN_SCHEMA)
@@ -110,15 +124,8 @@ def version(mlflow_server):
 
 @pytest.fixture(scope="module")
 def monitor(mlflow_server, version, tmp_path_factory):
-    home = tmp_path_factory.mktemp("monitor")
-    port = free_port()
-    proc = start_monitor(home, mlflow_server, port)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, proc, home)
+    with running_monitor(tmp_path_factory.mktemp("monitor"), mlflow_server) as url:
         yield url
-    finally:
-        stop_process_group(proc)
 
 
 def test_ingest_stores_once_per_request_id(monitor, version):

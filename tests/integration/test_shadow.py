@@ -19,16 +19,10 @@ from pipelines.features import LOAN_SCHEMA
 from pipelines.registry import CHALLENGER
 from pipelines.train import features_only
 from services.serving.model_store import example_rows
-from tests.conftest import free_port
-from tests.integration.serving_helpers import (
-    metric_value,
-    register,
-    register_broken,
-    served,
-    stop_process_group,
-    wait_until,
-)
-from tests.integration.test_monitor import start_monitor, wait_healthy
+from tests.integration.serving_helpers import metric_value, register, register_broken
+from tests.integration.test_monitor import running_monitor
+from tests.support.processes import wait_until
+from tests.support.servers import served
 
 pytestmark = pytest.mark.integration
 MODEL = "shadow-it"
@@ -37,15 +31,8 @@ PROBE_ROWS = 40
 
 @pytest.fixture(scope="module")
 def monitor(mlflow_server, tmp_path_factory):
-    home = tmp_path_factory.mktemp("shadow-monitor")
-    port = free_port()
-    proc = start_monitor(home, mlflow_server, port, model=MODEL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, proc, home)
+    with running_monitor(tmp_path_factory.mktemp("shadow-monitor"), mlflow_server, model=MODEL) as url:
         yield url
-    finally:
-        stop_process_group(proc)
 
 
 @pytest.fixture(scope="module")
