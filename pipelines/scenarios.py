@@ -17,6 +17,11 @@ Each scenario takes a frame in the loan schema and a ``severity`` (0 = no change
   ``income`` in thousands of USD instead of USD (x 0.001). Every value stays inside the schema's
   range, so serving accepts the rows; only the monitor's data-quality checks can tell. Labels are
   untouched (the applicants did not change, their paperwork did).
+- ``label_bug``: a broken label join upstream, not a changed world: the labels of ``region = north``
+  are inverted (default <-> repaid) on ``min(severity, 1)`` of its rows; features untouched. In a
+  training frame the offline gate cannot see it (its holdout carries the same bug, so the champion
+  looks worse there, not the challenger); only live labels can: the release's live gate rejects
+  the version in shadow (docs/releases.md, "A bad release").
 
 Traffic adds one incident of its own, ``invalid_rows`` (sandbox/traffic.py): rows that fail serving's
 validation cannot be a training frame.
@@ -32,13 +37,17 @@ from pipelines.features import LABEL, LOAN_SCHEMA
 
 SCENARIOS = (
     "none", "covariate_shift", "new_category", "missing_values", "concept_drift", "label_shift", "unit_change",
+    "label_bug",
 )  # fmt: skip
 
 COVARIATE_SHIFT = {"credit_score": -1.0, "debt_to_income": +1.0}  # direction, in standard deviations
 NEW_CATEGORY = ("region", "overseas")
 MISSING_COLUMNS = ("income", "employment_years", "credit_score")
 UNIT_CHANGE = {"income": 0.001}  # feature -> factor: USD sent as thousands of USD
-FRACTION_PER_SEVERITY = {"new_category": 0.3, "missing_values": 0.3, "concept_drift": 0.5, "unit_change": 1.0}
+LABEL_BUG = ("region", "north")  # the slice whose labels a broken join inverts
+FRACTION_PER_SEVERITY = {
+    "new_category": 0.3, "missing_values": 0.3, "concept_drift": 0.5, "unit_change": 1.0, "label_bug": 1.0,
+}  # fmt: skip
 
 
 def affected_fraction(scenario: str, severity: float) -> float:
@@ -66,7 +75,7 @@ def apply_scenario(
     missing = [c for c in LOAN_SCHEMA.names if c not in frame.columns]
     if missing:
         raise DataError(f"scenario {scenario!r} needs the loan schema; the frame lacks {', '.join(missing)}")
-    needs_label = scenario in ("concept_drift", "label_shift")
+    needs_label = scenario in ("concept_drift", "label_shift", "label_bug")
     if needs_label and LABEL not in frame.columns:
         raise DataError(f"scenario {scenario!r} changes labels, but the frame has no {LABEL!r} column")
     rng = np.random.default_rng(seed)
@@ -97,6 +106,10 @@ def apply_scenario(
             & (rng.random(len(out)) < affected_fraction(scenario, severity))
         )
         out.loc[flip, LABEL] = 1
+    elif scenario == "label_bug":
+        col, value = LABEL_BUG
+        flip = (out[col] == value) & (rng.random(len(out)) < affected_fraction(scenario, severity))
+        out.loc[flip, LABEL] = 1 - out.loc[flip, LABEL]
     elif scenario == "label_shift":
         base = float(out[LABEL].mean())
         target = min(base + min(severity, 1.0) * (1 - base) * 0.5, 0.99)

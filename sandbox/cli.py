@@ -19,11 +19,11 @@ from sandbox.settings import Settings
 # The choices each --help lists, written out so that `--help` imports no pandas (pipelines/scenarios.py
 # does); tests/unit/test_docs.py fails when they differ from the code's.
 DRIFT_HELP = "covariate_shift | new_category | missing_values | concept_drift | label_shift"
-SCENARIOS_HELP = f"none | {DRIFT_HELP} | unit_change"
+SCENARIOS_HELP = f"none | {DRIFT_HELP} | unit_change | label_bug"
 SOURCES_HELP = "synthetic | breast_cancer | csv | production"
 SEVERITY_HELP = (
     "Scenario strength, 0..3: standard deviations for covariate_shift; for the others a share of rows, "
-    "severity x 30 % (concept_drift 50 %, unit_change 100 %), at most all; label_shift stops growing at 1."
+    "severity x 30 % (concept_drift 50 %, unit_change and label_bug 100 %), at most all; label_shift stops growing at 1."
 )
 
 app = typer.Typer(
@@ -499,7 +499,7 @@ def incident(
         str,
         typer.Argument(
             help=f"Drift (the world changed): {DRIFT_HELP}. Broken upstream (a human is paged, no retraining): "
-            "unit_change | invalid_rows. Which alert each fires: docs/loop-by-hand.md."
+            "unit_change | invalid_rows | label_bug. Which alert each fires: docs/loop-by-hand.md."
         ),
     ],
     severity: Annotated[float, typer.Option(help=SEVERITY_HELP)] = 1.0,
@@ -696,7 +696,9 @@ def demo(
         str,
         typer.Option(
             help="covariate-shift: the world changes, the loop retrains and recovers. upstream-bug: a client "
-            "sends income in thousands, a human is paged, nothing retrains, the champion stays."
+            "sends income in thousands, a human is paged, nothing retrains, the champion stays. bad-release: a "
+            "version trained on rows with inverted labels (label_bug) passes the offline gate, the live gate "
+            "rejects it in shadow, it answers no client."
         ),
     ] = "covariate-shift",
     scenario: Annotated[
@@ -724,6 +726,9 @@ def demo(
     v2 serves, alert resolves, v2 baked.
 
     With --story upstream-bug: up, train v1, clean traffic, a unit change, DataQualityDegraded, a human notified, retraining held, the fix, the alert resolves, v1 still the champion.
+
+    With --story bad-release: up, train v1, clean traffic, a version trained on broken labels passes the
+    offline gate into shadow, the live gate rejects it, v1 still the champion.
 
     The demo's short intervals stay in force until the next `sandbox up` (docs/troubleshooting.md).
     """

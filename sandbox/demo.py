@@ -33,6 +33,7 @@ from sandbox.status import (
     champion,
     inhibited_alerts,
     monitor_status,
+    release_status,
     retrainer_status,
     served_version,
 )
@@ -63,11 +64,14 @@ DEMO_OVERRIDES: dict = {
     "alertmanager_group_interval": "5s",
 }
 # The services read these from their environment; Prometheus and Alertmanager get rendered files.
-SERVICE_KEYS = ("monitor_", "serving_poll", "retrain_")
+SERVICE_KEYS = ("monitor_", "serving_poll", "retrain_", "release_")
 ALERT = "DataDriftDetected"
 QUALITY_ALERT = "DataQualityDegraded"
-STORIES = ("covariate-shift", "upstream-bug")
+STORIES = ("covariate-shift", "upstream-bug", "bad-release")
 UPSTREAM_BUG = "unit_change"  # the incident of the upstream-bug story
+BAD_RELEASE = (
+    "label_bug"  # the bad-release story: a version trained on rows whose labels a broken join inverted
+)
 # Rows arrive twice as fast as requests: every wait on data (the windows the monitor judges, the
 # rows served after the alert that become v2's reference) takes half as long, at a request rate
 # the one-connection traffic client keeps up with on a busy 2-core machine.
@@ -136,6 +140,15 @@ def retraining_done(settings: Settings, run_id: str) -> dict | None:
     record = retraining_record(settings, run_id)
     # A challenger in shadow has not finished: the release controller's live gate decides (docs/releases.md).
     return record if record and record["state"] != "shadow" else None
+
+
+def records_answered_by(settings: Settings, version: str) -> int:
+    """Rows the monitor holds that ``version`` answered (a version in shadow answers none)."""
+    page = httpx.get(
+        f"{settings.monitor_url}/api/records", params={"model_version": version, "limit": 1}, timeout=10
+    )
+    page.raise_for_status()
+    return page.json()["count"]
 
 
 def path_step(record: dict, step: str) -> dict | None:
@@ -248,7 +261,8 @@ class Demo:
         self.control = TrafficControl()
         self.traffic: Background | None = None
         self.retrain_run: str | None = None  # the retrainer's id of the incident's retraining
-        self.shadow_at = 0.0  # when v2 went into shadow
+        self.shadow_at = 0.0  # when v2 (or the bad release) went into shadow
+        self.bad_version: str | None = None  # the bad-release story's version
         # Seconds to fill one window the monitor judges, at the demo's row rate.
         self.fill = settings.monitor_min_rows / (rps * rows_per_request)
 
@@ -287,13 +301,16 @@ class Demo:
             "drift falls on v2": f"see {status_page} (rows judged for v2) and {logs / 'monitor.log'}",
             "alert resolves": f"see {alerts} and {status_page}",
             f"{QUALITY_ALERT} resolves": f"see {alerts} and {status_page} (data quality)",
+            "bake ends": f"see `sandbox release status` (what the bake watches) and {logs / 'retrainer.log'}",
         }.get(step, "")
 
     def steps(self) -> list[Callable[[], None]]:
-        """The story's steps in order: the first four are the same for both stories."""
+        """The story's steps in order: the first four are the same for every story."""
         opening = [self.start_stack, self.train_v1, self.start_traffic, self.clean_traffic]
         if self.story == "upstream-bug":
             return [*opening, self.upstream_bug, self.retraining_held, self.upstream_fixed]
+        if self.story == "bad-release":
+            return [*opening, self.bad_release, self.bad_release_rejected]
         return [*opening, self.incident, self.retraining, self.live_gate, self.recovery, self.bake]
 
     def run(self) -> DemoResult:
@@ -519,6 +536,57 @@ class Demo:
         )
         self.result.shadow_s = round(promoted - self.shadow_at, 1)
         self.result.time_to_retrain_s = round(promoted - self.detected_at, 1)
+
+    def bad_release(self) -> None:
+        """A version trained on broken labels: it passes the offline gate (whose holdout has the same bug)."""
+        from sandbox.training import train, train_params
+
+        self.on_status(
+            f"train-and-register on rows with a label bug ({BAD_RELEASE}): the offline gate decides..."
+        )
+        self.incident_at = time.time()
+        try:
+            trained = train(train_params(self.settings, scenario=BAD_RELEASE, trigger="demo"), self.settings)
+        except (RuntimeError, ValueError) as exc:
+            raise DemoError("bad release trained", str(exc)) from exc
+        if trained.outcome != "shadow":
+            raise DemoError(
+                "bad release in shadow", f"the offline gate said {trained.outcome}: {trained.reason}"
+            )
+        self.bad_version = trained.model_version
+        self.shadow_at = self.timeline.add(
+            "bad v in shadow", f"v{trained.model_version} passed the offline gate: {trained.reason}"
+        )
+
+    def bad_release_rejected(self) -> None:
+        """The live gate sees it on real labels; the champion never changed and the bad version answered nobody."""
+        settings, bad, v1 = self.settings, self.bad_version, self.result.champion_before
+
+        def decided() -> dict | None:
+            status = release_status(settings)
+            if not status or status.get("phase") != "idle":
+                return None
+            return next((o for o in reversed(status.get("outcomes") or []) if o["version"] == bad), None)
+
+        self.on_status(f"v{bad} in shadow: waiting for the live gate on paired labelled rows...")
+        decision = self.wait(
+            "live gate decides", decided, settings.release_shadow_deadline_seconds + 60,
+            hint="`sandbox release status` says what the controller waits for",
+        )  # fmt: skip
+        if decision.get("outcome") != "rejected":
+            raise DemoError(
+                "live gate rejects", f"v{bad} was {decision.get('outcome')}: {decision.get('reason')}"
+            )
+        self.result.live_gate = decision.get("reason")
+        at = self.timeline.add("live gate rejects", f"v{bad}: {decision.get('reason')}")
+        self.result.shadow_s = round(at - self.shadow_at, 1)
+        self.result.time_to_recover_s = round(at - self.incident_at, 1)
+        after = (champion(settings) or {}).get("version")
+        self.result.champion_after = after
+        answered = records_answered_by(settings, bad)
+        if after != v1 or answered:
+            raise DemoError("champion unchanged", f"champion v{after}; v{bad} answered {answered} rows")
+        self.timeline.add("champion unchanged", f"v{v1}; v{bad} answered no client")
 
     def recovery(self) -> None:
         settings, v2 = self.settings, self.result.champion_after

@@ -10,7 +10,8 @@ asserts the outcome of each incident from the outside as well:
 | clean traffic | none | nobody | no | v1 |
 | invalid_rows flood | InputRejectionsHigh | the human receiver | no | v1 |
 | unit_change | DataQualityDegraded | the human receiver | no (held) | v1 |
-| covariate_shift | DataDriftDetected | the retrainer | yes | v2 (promoted) |
+| covariate_shift | DataDriftDetected | the retrainer | yes | v2 (shadow, live gate, bake) |
+| a release trained on broken labels (label_bug) | none | nobody | - | v2 (the live gate rejects it) |
 """
 
 import shutil
@@ -131,3 +132,17 @@ def test_4_a_covariate_shift_retrains_and_promotes(demo):
     assert status.retrainer_status(settings)["held"] == []  # the unit change's drift never got this far
     with pytest.raises(DemoError):  # and the upstream-bug story's guard sees this retraining
         demo.no_retraining("after the retraining")
+
+
+def test_5_a_release_trained_on_broken_labels_passes_offline_and_is_rejected_live(demo):
+    settings = demo.settings
+    demo.bake()  # v2's bake ends (kept) before the next release starts
+    demo.result.champion_before = v2 = status.champion(settings)["version"]
+    demo.bad_release()  # label_bug rows: the offline gate's holdout has the same bug, so it passes
+    bad = demo.bad_version
+    assert int(bad) > int(v2)
+    demo.bad_release_rejected()  # the live gate sees the true labels; a DemoError otherwise
+    assert "worse on live rows" in demo.result.live_gate or "regresses" in demo.result.live_gate
+    assert status.champion(settings)["version"] == v2 and status.served_version(settings) == v2
+    release = status.release_status(settings)
+    assert release["phase"] == "idle" and release["challenger"] is None

@@ -73,6 +73,18 @@ def test_concept_drift_changes_labels_not_features(loans):
     assert (drifted[~good][LABEL] == loans[~good][LABEL]).all()
 
 
+def test_label_bug_inverts_the_labels_of_one_region_only(loans):
+    from pipelines.scenarios import LABEL_BUG
+
+    col, value = LABEL_BUG
+    drifted = apply_scenario(loans, "label_bug", 1.0, seed=1)
+    pd.testing.assert_frame_equal(drifted[LOAN_SCHEMA.names], loans[LOAN_SCHEMA.names])
+    north = loans[col] == value
+    assert 0 < north.mean() < 0.5
+    assert (drifted.loc[north, LABEL] == 1 - loans.loc[north, LABEL]).all()
+    assert (drifted.loc[~north, LABEL] == loans.loc[~north, LABEL]).all()
+
+
 def test_label_shift_raises_the_base_rate(loans):
     drifted = apply_scenario(loans, "label_shift", 1.0, seed=1)
     base = loans[LABEL].mean()

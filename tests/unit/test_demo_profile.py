@@ -16,6 +16,7 @@ def test_profile_env_carries_the_service_settings_only(tmp_path):
     assert (
         env["SANDBOX_RETRAIN_DRIFT_REFERENCE_ROWS"] == "2000" and env["SANDBOX_SERVING_POLL_SECONDS"] == "2"
     )
+    assert env["SANDBOX_RELEASE_BAKE_SECONDS"] == "30" and env["SANDBOX_RELEASE_POLL_SECONDS"] == "2"
     # Prometheus/Alertmanager timings are rendered into their files, not passed as environment.
     assert not any(k.startswith(("SANDBOX_ALERT", "SANDBOX_ALERTMANAGER")) for k in env)
 
