@@ -589,7 +589,10 @@ def create_app(
         """Running or idle, the last retrainings and their gate decisions, held retrainings, human notifications."""
         return retrainer.status()
 
-    @app.get("/api/release")
+    @app.get(
+        "/api/release",
+        responses=error_responses(described={404: "The release controller is not running in this retrainer"}),
+    )
     def release() -> dict:
         """The release controller: phase, champion, challenger, since, live numbers so far, what it waits for."""
         if retrainer.release is None:
@@ -598,7 +601,17 @@ def create_app(
 
     @app.post(
         "/api/rollback",
-        responses=error_responses(400, 413, 415, 422, described={503: "MLflow did not answer"}),
+        responses=error_responses(
+            400,
+            413,
+            415,
+            422,
+            described={
+                404: "The release controller is not running in this retrainer",
+                409: "Refused: the target does not exist, is the champion already, or does not load",
+                503: "MLflow did not answer",
+            },
+        ),  # fmt: skip
     )
     def rollback(request: RollbackRequest) -> RollbackAnswer:
         """Champion back to ``previous`` (or ``to``), once that version loads and passes serving's smoke test."""
@@ -606,8 +619,8 @@ def create_app(
             return error_response(404, "the release controller is not running in this retrainer")
         try:
             return RollbackAnswer(**retrainer.release.rollback(request.to, load_check(settings)))
-        except ValueError as exc:
-            return error_response(422, str(exc))
+        except ValueError as exc:  # a valid request the registry's state refuses (422 is a malformed body)
+            return error_response(409, str(exc))
         except Exception as exc:  # MLflow down: say so, change nothing more
             return error_response(503, f"MLflow at {settings.mlflow_uri} did not answer: {str(exc)[:300]}")
 

@@ -62,8 +62,9 @@ def test_the_documents_name_every_answer_and_its_content_type(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def services(tmp_path_factory):
-    """The monitor as the stack runs it (no MLflow: its page says unreachable) and the retrainer."""
+def services(tmp_path_factory, mlflow_server):
+    """The monitor as the stack runs it (no MLflow: its page says unreachable) and the retrainer, with
+    MLflow (an empty registry: a fuzzed rollback is refused for what it asks, not for MLflow down)."""
     home = tmp_path_factory.mktemp("openapi")
     ports = {"monitor": free_port(), "retrainer": free_port()}
     env = {
@@ -81,8 +82,10 @@ def services(tmp_path_factory):
             [*uvicorn, "--host", "127.0.0.1", "--port", str(ports["monitor"])], home / "monitor.log", env
         ),
         start_process_group(
-            [sys.executable, "-c", RETRAINER, str(ports["retrainer"])], home / "retrainer.log", env
-        ),
+            [sys.executable, "-c", RETRAINER, str(ports["retrainer"])],
+            home / "retrainer.log",
+            {**env, "SANDBOX_MLFLOW_TRACKING_URI": mlflow_server},
+        ),  # fmt: skip
     ]
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     try:

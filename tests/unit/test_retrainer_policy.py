@@ -104,7 +104,7 @@ def settings(tmp_path):
 
 
 def client_for(settings, runner):
-    app = create_app(settings, runner=runner)
+    app = create_app(settings, runner=runner, release_controller=False)
     return TestClient(app), app.state.retrainer
 
 
@@ -251,7 +251,7 @@ def fake_monitor(quality: dict | None, asked: list):
 
 def test_a_failed_data_quality_verdict_holds_the_retraining_and_records_it(settings):
     runner, asked = RecordingRunner(), []
-    app = create_app(settings, runner=runner, monitor=fake_monitor(FAILED, asked))
+    app = create_app(settings, runner=runner, monitor=fake_monitor(FAILED, asked), release_controller=False)
     client = TestClient(app)
     answer = client.post("/alerts", json=notification())
     assert answer.status_code == 202
@@ -267,14 +267,20 @@ def test_a_failed_data_quality_verdict_holds_the_retraining_and_records_it(setti
     app.state.retrainer.wait_idle(10)
     assert len(runner.calls) == 1
     # A restart keeps what was held.
-    again = TestClient(create_app(settings, runner=RecordingRunner(), monitor=fake_monitor(None, [])))
+    again = TestClient(
+        create_app(
+            settings, runner=RecordingRunner(), monitor=fake_monitor(None, []), release_controller=False
+        )
+    )
     assert again.get("/api/status").json()["held"][0]["skipped"] == "data_quality"
 
 
 def test_quality_degraded_on_clean_data_still_retrains(settings):
     runner = RecordingRunner()
     clean = {**FAILED, "ok": True, "failed": []}
-    client = TestClient(create_app(settings, runner=runner, monitor=fake_monitor(clean, [])))
+    client = TestClient(
+        create_app(settings, runner=runner, monitor=fake_monitor(clean, []), release_controller=False)
+    )
     answer = client.post("/alerts", json=notification(alert(name="ModelQualityDegraded")))
     client.app.state.retrainer.wait_idle(10)
     assert answer.json()["action"] == "trigger" and runner.calls[0].trigger == "alert:ModelQualityDegraded"
@@ -289,7 +295,9 @@ def page(status="firing"):
 
 def test_the_human_receiver_records_pages_and_never_retrains(settings):
     runner = RecordingRunner()
-    client = TestClient(create_app(settings, runner=runner, monitor=fake_monitor(None, [])))
+    client = TestClient(
+        create_app(settings, runner=runner, monitor=fake_monitor(None, []), release_controller=False)
+    )
     first = client.post("/notifications", json=page())
     assert first.status_code == 202 and first.json()["alerts"] == 1
     assert client.post("/notifications", json=page("resolved")).status_code == 202
@@ -303,7 +311,9 @@ def test_the_human_receiver_records_pages_and_never_retrains(settings):
     assert runner.calls == []
     text = client.get("/metrics").text
     assert metric(text, 'sandbox_human_notifications_total{status="firing"}') == 1
-    restarted = TestClient(create_app(settings, runner=runner, monitor=fake_monitor(None, [])))
+    restarted = TestClient(
+        create_app(settings, runner=runner, monitor=fake_monitor(None, []), release_controller=False)
+    )
     assert len(restarted.get("/api/status").json()["notifications"]) == 2
 
 
@@ -318,7 +328,11 @@ def test_the_human_receiver_records_pages_and_never_retrains(settings):
     ],
 )
 def test_bad_input_to_the_human_receiver_is_422_with_the_reason_and_nothing_recorded(settings, body, needle):
-    client = TestClient(create_app(settings, runner=RecordingRunner(), monitor=fake_monitor(None, [])))
+    client = TestClient(
+        create_app(
+            settings, runner=RecordingRunner(), monitor=fake_monitor(None, []), release_controller=False
+        )
+    )
     answer = client.post("/notifications", json=body)
     assert answer.status_code == 422 and needle in answer.json()["error"], answer.json()
     assert client.get("/api/status").json()["notifications"] == []
@@ -328,7 +342,11 @@ def test_bad_input_to_the_human_receiver_is_422_with_the_reason_and_nothing_reco
 def test_sandbox_status_prints_the_pages_and_the_held_retrainings(settings):
     from sandbox import cli
 
-    client = TestClient(create_app(settings, runner=RecordingRunner(), monitor=fake_monitor(FAILED, [])))
+    client = TestClient(
+        create_app(
+            settings, runner=RecordingRunner(), monitor=fake_monitor(FAILED, []), release_controller=False
+        )
+    )
     client.post("/notifications", json=page())
     client.post("/alerts", json=notification())
     status = client.get("/api/status").json()
