@@ -129,7 +129,10 @@ def test_4_a_covariate_shift_retrains_and_promotes(demo):
     assert int(demo.result.champion_after) > int(demo.result.champion_before)
     last = status.retrainer_status(settings)["last"]
     assert last["alertname"] == "DataDriftDetected" and last["state"] == "promoted"
-    assert status.retrainer_status(settings)["held"] == []  # the unit change's drift never got this far
+    # The unit change's drift alert may reach the retrainer again (the 1 m repeat) before its window
+    # passes: the second guard holds it, for data quality, and only before this incident.
+    held = status.retrainer_status(settings)["held"]
+    assert all(h["skipped"] == "data_quality" and h["at"] < demo.incident_at for h in held), held
     with pytest.raises(DemoError):  # and the upstream-bug story's guard sees this retraining
         demo.no_retraining("after the retraining")
 
