@@ -154,8 +154,12 @@ class Settings(BaseSettings):
     release_bake_seconds: float = 120.0
     release_max_error_rate_increase: float = 0.01  # 5xx share of /predict, absolute
     release_max_p99_ratio: float = 2.0  # p99 latency of /predict, x the previous champion's
-    release_max_quality_drop: float = 0.05  # live roc_auc, overall (needs release_min_paired_rows rows)
-    release_max_slice_quality_drop: float = 0.10  # live roc_auc of a slice with >= 100 labelled rows
+    release_max_quality_drop: float = (
+        0.05  # live roc_auc (its CI upper end), overall, >= release_min_paired_rows rows
+    )
+    release_max_slice_quality_drop: float = (
+        0.10  # live roc_auc (its CI upper end) of a slice, >= 100 labelled rows
+    )
 
     # Shorter alert `for:` durations ({"DataDriftDetected": "10s"}) and Alertmanager grouping, for
     # the demo and tests; unset, monitoring/ is used as written.

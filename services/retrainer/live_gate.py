@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from scipy.stats import rankdata
+from scipy.stats import norm, rankdata
 
 # A slice scored in the live gate or the bake needs this many labelled rows: below it one region's
 # roc_auc swings by more than any tolerance.
@@ -25,6 +25,26 @@ def roc_auc_rows(y: np.ndarray, score: np.ndarray) -> np.ndarray:
     u = (ranks * y).sum(axis=1) - positives * (positives + 1) / 2
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where((positives > 0) & (negatives > 0), u / (positives * negatives), np.nan)
+
+
+def roc_auc_upper(y: np.ndarray, score: np.ndarray, confidence: float) -> tuple[float, float] | None:
+    """roc_auc of one sample and the upper end of its two-sided ``confidence`` interval, or None
+    on one class. The standard error is DeLong's (from each row's placement among the other class):
+    one version's rows in a bake have no pair to bootstrap against, and the bound is read every poll.
+    """
+    y = np.asarray(y).astype(bool)
+    score = np.asarray(score, dtype=float)
+    positives, negatives = int(y.sum()), int((~y).sum())
+    if positives < 2 or negatives < 2:
+        return None
+    ranks = rankdata(score)
+    above_negatives = (ranks[y] - rankdata(score[y])) / negatives  # per positive: share of negatives below
+    below_positives = (
+        1 - (ranks[~y] - rankdata(score[~y])) / positives
+    )  # per negative: share of positives above
+    auc = float(above_negatives.mean())
+    se = float(np.sqrt(above_negatives.var(ddof=1) / positives + below_positives.var(ddof=1) / negatives))
+    return auc, auc + float(norm.ppf(1 - (1 - confidence) / 2)) * se
 
 
 def f1_rows(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
