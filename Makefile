@@ -8,7 +8,7 @@ SANDBOX := $(VENV)/bin/sandbox
 APT_PACKAGES := prometheus prometheus-alertmanager chromium fonts-dejavu-core
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast lint format local up down status train compile demo clean docs
+.PHONY: help setup test test-fast lint format local up down status train compile demo clean docs screenshots
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}'
@@ -101,6 +101,9 @@ compile: setup ## Compile the pipeline to KFP IR in build/
 
 docs: setup ## Regenerate the generated docs (docs/settings.md from sandbox/settings.py)
 	$(PY) -m sandbox.settings_table > docs/settings.md
+
+screenshots: setup ## The docs' pictures (docs/images/) from a real demo run with headless Chromium (~7 min)
+	$(PY) docs/screenshots.py --out docs/images
 
 demo: setup ## The loop, timed: up, v1, clean traffic, incident, alert, retrain, v2 serves, alert resolves
 	$(SANDBOX) demo

@@ -5,8 +5,8 @@ Each run gets a stack of its own (a temp state dir, a free 127.0.0.1 port for ev
 run with bounded CPU hogs (plain spinning processes, killed at the end and after ``--timeout``
 at the latest), as a laptop busy with other work would be.
 
-Prints per run: completed, time to detect / retrain / recover, requests and failed requests, the
-failed step; then the success rate and the worst recovery. Targets on a 2-core machine: 5 of 5
+Prints per run: completed, time to detect / retrain / shadow / recover / bake, requests and failed
+requests, the failed step; then the success rate and the worst recovery. Targets on a 2-core machine: 5 of 5
 with ``--busy-cores 1``, 0 failed requests in every run, recovery under 180 s in every run.
 
     .venv/bin/python benchmarks/loop.py --runs 5 --busy-cores 1
@@ -94,12 +94,22 @@ def main() -> None:
             results.append(result)
             progress.console.print(f"run {index}: {json.dumps(result)}")
     table = Table(
-        "run", "completed", "detect s", "retrain s", "recover s", "requests", "failed", "failed step"
+        "run",
+        "completed",
+        "detect s",
+        "retrain s",
+        "shadow s",
+        "recover s",
+        "bake s",
+        "requests",
+        "failed",
+        "failed step",
     )
     for index, r in enumerate(results, start=1):
         table.add_row(
             str(index), str(r.get("completed")), str(r.get("time_to_detect_s")), str(r.get("time_to_retrain_s")),
-            str(r.get("time_to_recover_s")), str(r.get("requests")), str(r.get("failed_requests")),
+            str(r.get("shadow_s")), str(r.get("time_to_recover_s")), str(r.get("bake_s")), str(r.get("requests")),
+            str(r.get("failed_requests")),
             str(r.get("failed_step") or ""),
         )  # fmt: skip
     Console().print(table)

@@ -13,7 +13,6 @@ import typing
 from dataclasses import MISSING, asdict, dataclass, fields
 
 from pipelines.hyperparams import DEFAULT_HYPERPARAMS, HYPERPARAMS
-from pipelines.result import TrainResult  # noqa: F401  (what a run gives back: importable from here too)
 from sandbox.settings import Settings
 
 

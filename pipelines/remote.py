@@ -21,8 +21,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
-from pipelines.params import TrainParams, TrainResult, logged_params
+from pipelines.params import TrainParams, logged_params
 from pipelines.pipeline import PIPELINE_NAME, STEPS
+from pipelines.result import TrainResult
 
 # From the host: the KFP UI (NodePort, host port 8080) proxies /apis/v2beta1 to the API server.
 DEFAULT_KFP_HOST = "http://127.0.0.1:8080"

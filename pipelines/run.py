@@ -15,8 +15,9 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-from pipelines.params import TrainParams, TrainResult
+from pipelines.params import TrainParams
 from pipelines.pipeline import train_and_register
+from pipelines.result import TrainResult
 
 
 def compile_pipeline(output: str | Path) -> Path:

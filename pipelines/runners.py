@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from pipelines.params import TrainParams, TrainResult
+from pipelines.params import TrainParams
+from pipelines.result import TrainResult
 
 OnStep = Callable[[str, str, float], None]  # (step, state, seconds): running, success, failure, ...
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from pipelines.params import TrainResult
+from pipelines.result import TrainResult
 from sandbox.background import Background, BackgroundDied
 from sandbox.settings import Settings
 from sandbox.status import (

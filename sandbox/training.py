@@ -13,7 +13,8 @@ import httpx
 
 from pipelines.data import SOURCES, DataError, load_csv
 from pipelines.features import schema_for_source
-from pipelines.params import TrainParams, TrainResult
+from pipelines.params import TrainParams
+from pipelines.result import TrainResult
 from pipelines.runners import OnStep, no_step, runner_for
 from pipelines.scenarios import check_scenario
 from pipelines.validate import check_frame

@@ -113,7 +113,7 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
 # The real retrainer app; the pipeline run is a stand-in that promotes at once.
 RETRAINER = """
 import sys, time, uvicorn
-from pipelines.params import TrainResult
+from pipelines.result import TrainResult
 from sandbox.settings import Settings
 from services.retrainer.app import create_app
 
@@ -122,7 +122,7 @@ class Runner:
         time.sleep(0.5)
         return TrainResult("r", params.model_name, "2", {}, True, "stand-in", "2")
 
-app = create_app(Settings(), runner=Runner())
+app = create_app(Settings(), runner=Runner(), release_controller=False)  # no MLflow here to poll
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
 """
 

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 # The real retrainer app with a stand-in pipeline: a fuzzed alert may well say action=retrain.
 RETRAINER = """
 import sys, uvicorn
-from pipelines.params import TrainResult
+from pipelines.result import TrainResult
 from sandbox.settings import Settings
 from services.retrainer.app import create_app
 

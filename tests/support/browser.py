@@ -26,12 +26,10 @@ def skip_without_chromium() -> None:
         )
 
 
-def render(
-    url: str, name: str, profile: Path, size: tuple[int, int] = (1280, 1600), flags: tuple[str, ...] = ()
-) -> tuple[str, Image.Image]:
-    """The DOM as headless Chromium built it, and a screenshot of ``size`` kept as test-artifacts/<name>.png."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    screenshot = ARTIFACTS / f"{name}.png"
+def capture(
+    url: str, screenshot: Path, profile: Path, size: tuple[int, int], flags: tuple[str, ...] = ()
+) -> str:
+    """Headless Chromium's screenshot of ``url`` at ``size`` into ``screenshot``; the DOM it built."""
     screenshot.unlink(missing_ok=True)
     result = subprocess.run(
         [
@@ -42,9 +40,20 @@ def render(
         ],
         capture_output=True, text=True, timeout=180,
     )  # fmt: skip
-    assert result.returncode == 0 and screenshot.is_file(), result.stderr[-3000:]
-    (ARTIFACTS / f"{name}.html").write_text(result.stdout)
-    return result.stdout, Image.open(screenshot).convert("RGB")
+    if result.returncode != 0 or not screenshot.is_file():
+        raise RuntimeError(f"chromium could not photograph {url}: {result.stderr[-3000:]}")
+    return result.stdout
+
+
+def render(
+    url: str, name: str, profile: Path, size: tuple[int, int] = (1280, 1600), flags: tuple[str, ...] = ()
+) -> tuple[str, Image.Image]:
+    """The DOM as headless Chromium built it, and a screenshot of ``size`` kept as test-artifacts/<name>.png."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    screenshot = ARTIFACTS / f"{name}.png"
+    dom = capture(url, screenshot, profile, size, flags)
+    (ARTIFACTS / f"{name}.html").write_text(dom)
+    return dom, Image.open(screenshot).convert("RGB")
 
 
 def pixels_near(image: Image.Image, color: tuple[int, int, int], tolerance: int = 8) -> int:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.params import TrainParams, TrainResult, logged_params
+from pipelines.params import TrainParams, logged_params
+from pipelines.result import TrainResult
 from pipelines.runners import EmbeddedRunner, KfpRunner, runner_for
 from sandbox.settings import Settings
 

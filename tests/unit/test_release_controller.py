@@ -9,7 +9,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
 
-from pipelines.params import TrainResult
+from pipelines.result import TrainResult
 from sandbox.settings import Settings
 from services.retrainer.app import Retrainer, RetrainerMetrics
 from services.retrainer.release import BAKE, IDLE, SHADOW, ReleaseController

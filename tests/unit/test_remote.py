@@ -17,8 +17,9 @@ from kfp_server_api import (
 )
 
 from pipelines import remote
-from pipelines.params import TrainParams, TrainResult
+from pipelines.params import TrainParams
 from pipelines.pipeline import STEPS
+from pipelines.result import TrainResult
 from tests.support.processes import free_port
 
 T0 = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)

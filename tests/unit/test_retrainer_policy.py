@@ -5,7 +5,7 @@ import threading
 import pytest
 from fastapi.testclient import TestClient
 
-from pipelines.params import TrainResult
+from pipelines.result import TrainResult
 from sandbox.settings import Settings
 from services.retrainer.app import create_app, unix_seconds
 from services.retrainer.policy import SKIP, TRIGGER, alert_key, decide

@@ -8,7 +8,7 @@ import json
 import threading
 import time
 
-from pipelines.params import TrainResult
+from pipelines.result import TrainResult
 from sandbox.settings import Settings
 from services.retrainer.app import Retrainer, RetrainerMetrics
 
