@@ -33,6 +33,7 @@ from sandbox.status import (
     champion,
     inhibited_alerts,
     monitor_status,
+    prometheus_alerts_page,
     release_status,
     retrainer_status,
     served_version,
@@ -290,7 +291,7 @@ class Demo:
     def where_to_look(self, step: str) -> str:
         """What to open when ``step`` times out (docs/troubleshooting.md walks through each)."""
         s, logs = self.settings, self.settings.logs_dir
-        status_page, alerts = f"the monitor's status page {s.monitor_url}/", f"{s.prometheus_url}/alerts"
+        status_page, alerts = f"the monitor's status page {s.monitor_url}/", prometheus_alerts_page(s)
         retrainer = f"{s.retrainer_url}/api/status and {logs / 'retrainer.log'}"
         return {
             "clean traffic": f"see {status_page} (verdicts, rows) and {logs / 'monitor.log'}",
@@ -313,10 +314,12 @@ class Demo:
             return [*opening, self.bad_release, self.bad_release_rejected]
         return [*opening, self.incident, self.retraining, self.live_gate, self.recovery, self.bake]
 
-    def run(self) -> DemoResult:
+    def run(self, after_step: Callable[[str], None] = lambda name: None) -> DemoResult:
+        """The steps in order, then the report; ``after_step(name)`` runs after each (docs/screenshots.py)."""
         try:
             for step in self.steps():
                 step()
+                after_step(step.__name__)
             self.result.completed = True
         except DemoError as exc:
             self.result.failed_step, self.result.error = exc.step, str(exc)

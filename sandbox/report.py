@@ -290,6 +290,7 @@ def write_report(
     final_scrape_timeout: float,
 ) -> Path:
     """Wait (bounded) for the last evaluation to be scraped, then write ``demo-<time>.html``."""
+    events = sorted(events, key=lambda e: e["at"])  # a step may record a moment before the last one's
     last_event = max((e["at"] for e in events), default=started)
     wait_for_final_scrape(query_range, after=last_event, timeout=final_scrape_timeout)
     page = render_report(events, result, query_range, started=started, end=time.time(), alert=alert)

@@ -94,6 +94,18 @@ def inhibited_alerts(settings: Settings) -> list[dict] | None:
     ]
 
 
+def prometheus_alerts_page(settings: Settings) -> str:
+    """Prometheus' alerts page: ``/alerts``, or ``/classic/alerts`` where the build has no React UI
+    (Debian's package), and ``/alerts`` when Prometheus does not answer (the upstream default)."""
+    classic = f"{settings.prometheus_url}/classic/alerts"
+    try:
+        if httpx.get(f"{settings.prometheus_url}/alerts", timeout=TIMEOUT).status_code == 404:
+            return classic
+    except httpx.HTTPError:
+        pass
+    return f"{settings.prometheus_url}/alerts"
+
+
 def alert_firing(settings: Settings, alertname: str) -> bool:
     """Whether Prometheus has ``alertname`` firing now (its ALERTS series)."""
     query = f'ALERTS{{alertname="{alertname}", alertstate="firing"}}'

@@ -27,19 +27,27 @@ def skip_without_chromium() -> None:
 
 
 def capture(
-    url: str, screenshot: Path, profile: Path, size: tuple[int, int], flags: tuple[str, ...] = ()
+    url: str,
+    screenshot: Path,
+    profile: Path,
+    size: tuple[int, int],
+    flags: tuple[str, ...] = (),
+    timeout: float = 180,
 ) -> str:
     """Headless Chromium's screenshot of ``url`` at ``size`` into ``screenshot``; the DOM it built."""
     screenshot.unlink(missing_ok=True)
-    result = subprocess.run(
-        [
-            CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            "--hide-scrollbars", "--no-first-run", "--no-default-browser-check", *flags,
-            f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}",
-            f"--screenshot={screenshot}", "--dump-dom", url,
-        ],
-        capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
+    try:
+        result = subprocess.run(
+            [
+                CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--hide-scrollbars", "--no-first-run", "--no-default-browser-check", *flags,
+                f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}",
+                f"--screenshot={screenshot}", "--dump-dom", url,
+            ],
+            capture_output=True, text=True, timeout=timeout,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(f"chromium did not photograph {url} within {timeout:.0f}s") from exc
     if result.returncode != 0 or not screenshot.is_file():
         raise RuntimeError(f"chromium could not photograph {url}: {result.stderr[-3000:]}")
     return result.stdout

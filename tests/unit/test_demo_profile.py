@@ -105,3 +105,22 @@ def test_a_step_that_times_out_says_where_to_look(tmp_path):
         calls.append((name.replace("{QUALITY_ALERT}", demo_module.QUALITY_ALERT), "hint=" in call))
     assert len(calls) >= 10
     assert [name for name, hinted in calls if not hinted and not demo.where_to_look(name)] == []
+
+
+def test_run_calls_after_step_after_each_step_and_stops_at_a_failed_one(tmp_path, monkeypatch):
+    from sandbox.demo import Demo, DemoError, Timeline
+
+    settings = demo_settings(Settings(home=tmp_path, prometheus_port=1))  # no Prometheus: no report plots
+    done: list[str] = []
+
+    def ok():
+        done.append("ok ran")
+
+    def broken():
+        raise DemoError("broken", "did not happen")
+
+    demo = Demo(settings, Timeline())
+    monkeypatch.setattr(demo, "steps", lambda: [ok, broken, ok])
+    result = demo.run(after_step=lambda name: done.append(f"after {name}"))
+    assert done == ["ok ran", "after ok"]  # nothing after the failed step, not even its hook
+    assert not result.completed and result.failed_step == "broken"

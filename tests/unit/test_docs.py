@@ -43,7 +43,7 @@ SETTING = re.compile(r"\bSANDBOX_[A-Z0-9_]*[A-Z0-9](_\*)?")
 REPO_PATH = re.compile(
     r"^(?:sandbox|pipelines|services|monitoring|manifests|tests|benchmarks|docs)/[\w./-]*$"
 )
-LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)|<img\b[^>]*\bsrc=\"([^\"]+)\"")  # [](x), ![](x), <img src="x">
 SERVICE_PORT = re.compile(
     # not a count: "the monitor 1500 rows", "serving 2000-row requests"
     r"\b(mlflow|serving|monitor|retrainer|prometheus|alertmanager|grafana|kfp ui)\b[ \t]*[:(]?[ \t]*:?(\d{4,5})\b"
@@ -172,7 +172,7 @@ def problems(text: str, where: Path, root: Path = REPO_ROOT, options: dict | Non
     for port in LOOPBACK_PORT.findall(text):
         if int(port) not in ports.values():
             found.append(f"127.0.0.1:{port}: no service has this default port")
-    for target in LINK.findall(CODE_BLOCK.sub("", text)):
+    for target in (a or b for a, b in LINK.findall(CODE_BLOCK.sub("", text))):
         if re.match(r"[a-z]+:", target):  # http:, https:, mailto:
             continue
         file, _, anchor = target.partition("#")
@@ -207,7 +207,7 @@ BAD = """
 Read `services/serving/nope.py`. Start with `sandbox up --lokal`, then `sandbox trian`, and `make tset`.
 Set SANDBOX_MONITR_PORT or any SANDBOX_DATA_QUALTY_* threshold; the monitor listens on :8011
 (monitor 8011, http://127.0.0.1:8011). See [the runbook](runbooks/Nope.md) and ![a picture](images/none.png)
-and [a section](#no-such-heading) and [the design](../../shared/DESIGN.md).
+and [a section](#no-such-heading) and [the design](../../shared/DESIGN.md) and <img src="images/gone.png" width="50%">.
 
 ```bash
 .venv/bin/sandbox incident covariate_shift --sevrity 2   # a comment --ignored
@@ -232,6 +232,7 @@ def test_a_typo_of_each_kind_is_found(tmp_path):
         "127.0.0.1:8011",
         "runbooks/Nope.md",
         "images/none.png",
+        "images/gone.png",
         "#no-such-heading",
         "DESIGN.md: outside the repository",
         "`sandbox incident --sevrity`",
@@ -295,3 +296,16 @@ def test_every_help_lists_its_choices():
         text = help_of(command, param)
         missing = [c for c in choices if not re.search(rf"(?<![\w-]){c}(?![\w-])", text)]
         assert not missing, f"`sandbox {command} --help` does not list {missing} for {param}"
+
+
+def test_every_picture_is_shown_and_made_by_make_screenshots():
+    """docs/images/ holds only pictures a doc shows and `make screenshots` remakes (docs/screenshots.py)."""
+    pictures = {p.name for p in (REPO_ROOT / "docs" / "images").glob("*.png")}
+    shown = "".join(doc.read_text() for doc in DOCS)
+    script = (REPO_ROOT / "docs" / "screenshots.py").read_text()
+    assert pictures, "no pictures: run `make screenshots`"
+    for name in sorted(pictures):
+        assert f"images/{name}" in shown, f"docs/images/{name} is shown by no doc"
+        assert f'"{name.removesuffix(".png")}"' in script, (
+            f"docs/images/{name} is not made by docs/screenshots.py"
+        )
