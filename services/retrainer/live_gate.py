@@ -38,10 +38,9 @@ def roc_auc_upper(y: np.ndarray, score: np.ndarray, confidence: float) -> tuple[
     if positives < 2 or negatives < 2:
         return None
     ranks = rankdata(score)
-    above_negatives = (ranks[y] - rankdata(score[y])) / negatives  # per positive: share of negatives below
-    below_positives = (
-        1 - (ranks[~y] - rankdata(score[~y])) / positives
-    )  # per negative: share of positives above
+    # Per positive, the share of negatives scored below it; per negative, the share of positives above.
+    above_negatives = (ranks[y] - rankdata(score[y])) / negatives
+    below_positives = 1 - (ranks[~y] - rankdata(score[~y])) / positives
     auc = float(above_negatives.mean())
     se = float(np.sqrt(above_negatives.var(ddof=1) / positives + below_positives.var(ddof=1) / negatives))
     return auc, auc + float(norm.ppf(1 - (1 - confidence) / 2)) * se

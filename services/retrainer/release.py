@@ -398,8 +398,8 @@ class ReleaseController:
             return Observation(champion, challenger, paired_rows=rows, gate=gate, serving=serving)
         if state.phase == BAKE and champion == state.champion:
             records = self._records(model_version=champion, since=state.since)
-            return Observation(champion, challenger, serving=self.serving_figures(),
-                               quality=live_quality(records, champion, self.slice_by, self.settings.release_confidence))  # fmt: skip
+            quality = live_quality(records, champion, self.slice_by, self.settings.release_confidence)
+            return Observation(champion, challenger, serving=self.serving_figures(), quality=quality)
         return Observation(champion, challenger)
 
     # actions
