@@ -499,7 +499,9 @@ def incident(
         str,
         typer.Argument(
             help=f"Drift (the world changed): {DRIFT_HELP}. Broken upstream (a human is paged, no retraining): "
-            "unit_change | invalid_rows | label_bug. Which alert each fires: docs/loop-by-hand.md."
+            "unit_change | invalid_rows. label_bug: the labels sent for region north inverted, the features "
+            "untouched (no drift or data-quality alert; the live accuracy falls). Which alert each fires: "
+            "docs/loop-by-hand.md."
         ),
     ],
     severity: Annotated[float, typer.Option(help=SEVERITY_HELP)] = 1.0,
