@@ -499,7 +499,9 @@ def incident(
         str,
         typer.Argument(
             help=f"Drift (the world changed): {DRIFT_HELP}. Broken upstream (a human is paged, no retraining): "
-            "unit_change | invalid_rows | label_bug. Which alert each fires: docs/loop-by-hand.md."
+            "unit_change | invalid_rows. label_bug: the labels sent for region north inverted, the features "
+            "untouched (no drift or data-quality alert; the live accuracy falls). Which alert each fires: "
+            "docs/loop-by-hand.md."
         ),
     ],
     severity: Annotated[float, typer.Option(help=SEVERITY_HELP)] = 1.0,
@@ -716,9 +718,12 @@ def demo(
     timeout: Annotated[
         float,
         typer.Option(
-            help="Seconds the alert may take to fire; the clean verdicts get a quarter of it, v2's clean "
-            "verdict and the alert resolving half (each plus the time to fill a window). Fixed: the stack "
-            "300 s, serving and the retrainer 120 s each, the retraining SANDBOX_RETRAIN_TIMEOUT_SECONDS."
+            help="Seconds the alert may take to fire; the clean verdicts get a quarter of it plus the time to "
+            "fill a window, v2's clean verdict half plus that time, the alert resolving half (upstream-bug: the "
+            "retraining held a quarter, the alert resolving half, each plus that time). Fixed: the stack "
+            "300 s; serving's loads, the retrainer's start and the human notification 120 s each; the "
+            "retraining SANDBOX_RETRAIN_TIMEOUT_SECONDS; the live gate SANDBOX_RELEASE_SHADOW_DEADLINE_SECONDS "
+            "+ 60 s; the bake SANDBOX_RELEASE_BAKE_SECONDS + 120 s."
         ),
     ] = 600.0,
 ) -> None:
