@@ -105,7 +105,7 @@ docs: setup ## Regenerate the generated docs (docs/settings.md from sandbox/sett
 screenshots: setup ## The docs' pictures (docs/images/) from a real demo run with headless Chromium (~7 min)
 	$(PY) docs/screenshots.py --out docs/images
 
-demo: setup ## The loop, timed: up, v1, clean traffic, incident, alert, retrain, v2 serves, alert resolves
+demo: setup ## The loop, timed: up, v1, clean traffic, incident, alert, retrain, v2 in shadow, live gate, v2 serves, alert resolves, bake
 	$(SANDBOX) demo
 
 clean: ## Stop the stack and remove state (.sandbox/) and build output
