@@ -6,8 +6,9 @@ run with bounded CPU hogs (plain spinning processes, killed at the end and after
 at the latest), as a laptop busy with other work would be.
 
 Prints per run: completed, time to detect / retrain / shadow / recover / bake, requests and failed
-requests, the failed step; then the success rate and the worst recovery. Targets on a 2-core machine: 5 of 5
-with ``--busy-cores 1``, 0 failed requests in every run, recovery under 180 s in every run.
+requests, the failed step; then the success rate and the worst recovery. Targets on a 2-core
+machine: 5 of 5 with ``--busy-cores 1``, 0 failed requests in every run, recovery under 180 s in
+every run.
 
     .venv/bin/python benchmarks/loop.py --runs 5 --busy-cores 1
 """
