@@ -351,8 +351,10 @@ def test_data_quality_fails_on_a_unit_change_and_keeps_it_out_of_retraining(moni
         return judged
 
     clean = records_of(generate_loans(2_000, seed=21), version)
-    t0 = time.time()
     ingest(monitor, clean, batch=5_000)  # one call: no evaluation sees half a window
+    # An evaluation is stamped when it starts: one started during the ingest read the window before
+    # the commit (and the rejected rows after it), so only one started after the 200 counts.
+    t0 = time.time()
     assert wait_until(quality_after(t0), timeout=120)
     assert metric_value(metrics(), "sandbox_data_quality_ok") == 1
     assert metric_value(metrics(), "sandbox_data_quality_failed", check="scale_shift", feature="income") == 0
@@ -364,8 +366,8 @@ def test_data_quality_fails_on_a_unit_change_and_keeps_it_out_of_retraining(moni
         {"ts": time.time(), "reason": "out_of_range", "field": "income", "row": {**broken[0]["features"], "income": -5}}
         for _ in range(300)
     ]  # fmt: skip
-    t1 = time.time()
     ingest(monitor, broken, batch=5_000, rejected=rejected)
+    t1 = time.time()
     assert wait_until(quality_after(t1), timeout=120)
     text = metrics()
     assert metric_value(text, "sandbox_data_quality_ok") == 0
