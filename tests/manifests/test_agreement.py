@@ -325,7 +325,11 @@ def test_cluster_alertmanager_config_routes_like_the_embedded_one_to_the_retrain
     from sandbox.settings import Settings
     from services.retrainer.app import create_app
 
-    retrainer_posts = {r.path for r in create_app(Settings(home=tmp_path), release_controller=False).routes if "POST" in r.methods}
+    retrainer_posts = {
+        r.path
+        for r in create_app(Settings(home=tmp_path), release_controller=False).routes
+        if "POST" in r.methods
+    }
     for receiver, path in (("retrainer", "/alerts"), ("human", "/notifications")):
         (hook,) = hooks[receiver]
         url = urlparse(hook)
