@@ -290,8 +290,9 @@ def live_quality(records: list[dict], version: str, slice_by: str | None, confid
     frame = frame[(frame["model_version"].astype(str) == version) & frame["label"].notna()]
 
     def auc(part) -> dict:
-        found = roc_auc_upper(part["label"].astype(int).to_numpy(), part["probability"].astype(float).to_numpy(),
-                              confidence) if len(part) else None  # fmt: skip
+        found = roc_auc_upper(
+            part["label"].astype(int).to_numpy(), part["probability"].astype(float).to_numpy(), confidence
+        )  # None for no rows or one class
         return (
             {"roc_auc": round(found[0], 5), "roc_auc_high": round(found[1], 5)}
             if found
