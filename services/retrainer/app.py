@@ -40,6 +40,7 @@ import os
 import re
 import threading
 import time
+from contextlib import asynccontextmanager
 from typing import Literal
 
 import httpx
@@ -514,7 +515,8 @@ def load_check(settings: Settings):
     return check
 
 
-def start_release_controller(settings: Settings, retrainer: Retrainer, metrics: RetrainerMetrics):
+def release_controller_for(settings: Settings, retrainer: Retrainer, metrics: RetrainerMetrics):
+    """The release controller, not started: the app's lifespan starts and stops its thread."""
     from mlflow.tracking import MlflowClient
 
     def on_state(state) -> None:
@@ -525,7 +527,6 @@ def start_release_controller(settings: Settings, retrainer: Retrainer, metrics: 
         settings, MlflowClient(settings.mlflow_uri), httpx.Client(), retrainer.release_event, on_state
     )
     metrics.release_up.set_function(lambda: 1 if controller.died is None else 0)
-    controller.start()
     return controller
 
 
@@ -549,16 +550,29 @@ def create_app(
     metrics = RetrainerMetrics()
     retrainer = Retrainer(settings, runner, metrics, monitor)
     if release_controller:
-        retrainer.release = start_release_controller(settings, retrainer, metrics)
+        retrainer.release = release_controller_for(settings, retrainer, metrics)
     log.info(
         "retrainer: %s, model %s, monitor %s, cooldown %.0fs",
         f"KFP API {settings.kfp_host}" if settings.kfp_host else "kfp.local",
         settings.model_name, settings.monitor_url, settings.retrain_cooldown_seconds,
     )  # fmt: skip
 
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # Polling starts with the server, not when the app is built: an app made only to read its
+        # OpenAPI document must not poll an MLflow that is not there.
+        if retrainer.release is not None:
+            retrainer.release.start()
+        try:
+            yield
+        finally:
+            if retrainer.release is not None:
+                retrainer.release.stop()
+
     app = FastAPI(
         title="mlops-sandbox retrainer",
         description="Alertmanager webhook in, train-and-register on production data out.",
+        lifespan=lifespan,
     )
     app.state.retrainer = retrainer
     guard(

@@ -3,6 +3,7 @@ and train-and-register run through kfp.local on an Alertmanager-shaped notificat
 
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import pandas as pd
@@ -101,6 +102,16 @@ def test_an_alert_retrains_on_production_data_tagged_with_the_alert(stack, mlflo
     labels = [{"request_id": r["request_id"], "label": r["label"]} for r in records]
     assert httpx.post(f"{stack['monitor']}/labels", json={"labels": labels}, timeout=60).status_code == 200
     time.sleep(5)  # past the cooldown the failed run started
+    # A retraining reads judged records only: wait for an evaluation that started after the ingest.
+    t0 = time.time()
+    judged = lambda: (
+        metric_value(  # noqa: E731
+            httpx.get(f"{stack['monitor']}/metrics", timeout=10).text,
+            "sandbox_monitor_last_evaluation_timestamp_seconds",
+        )
+        > t0
+    )
+    assert wait_until(judged, 120), httpx.get(f"{stack['monitor']}/api/status", timeout=10).text
 
     answer = httpx.post(f"{stack['retrainer']}/alerts", json=notification("drift-1"), timeout=10).json()
     assert answer["action"] == "trigger"
@@ -108,7 +119,7 @@ def test_an_alert_retrains_on_production_data_tagged_with_the_alert(stack, mlflo
     assert again["action"] == "skip" and again["reason"] in ("in_progress", "duplicate")
     run = wait_finished(stack, answer["run"])
     # A champion exists: passing the offline gate makes a challenger in shadow, never a swap.
-    assert run["state"] in ("shadow", "rejected"), run
+    assert run["state"] in ("shadow", "rejected"), (run.get("error"), Path(run["log"]).read_text()[-3000:])
     assert run["path"][0]["step"] == "offline gate" and run["path"][0]["outcome"] == run["state"]
 
     client = MlflowClient(mlflow_server)

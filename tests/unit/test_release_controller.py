@@ -201,3 +201,19 @@ def test_the_retrainer_history_shows_the_whole_path_and_keeps_it_after_a_restart
     )
     assert retrainer.status()["last"]["state"] == "rolled_back"
     assert retrainer.metrics.rollbacks._value.get() == 1
+
+
+def test_the_release_controller_polls_only_while_the_server_runs(tmp_path):
+    """Building the app (as the OpenAPI checks do) starts no thread; the server's lifespan starts and stops it."""
+    from fastapi.testclient import TestClient
+
+    from services.retrainer.app import create_app
+
+    nothing_listens = "http://127.0.0.1:9"
+    app = create_app(Settings(home=tmp_path, mlflow_tracking_uri=nothing_listens), runner=None)
+    controller = app.state.retrainer.release
+    assert controller._thread is None
+    with TestClient(app):
+        assert controller._thread.is_alive()
+    controller._thread.join(timeout=10)
+    assert not controller._thread.is_alive() and controller.died is None
