@@ -104,13 +104,11 @@ def test_an_alert_retrains_on_production_data_tagged_with_the_alert(stack, mlflo
     time.sleep(5)  # past the cooldown the failed run started
     # A retraining reads judged records only: wait for an evaluation that started after the ingest.
     t0 = time.time()
-    judged = lambda: (
-        metric_value(  # noqa: E731
-            httpx.get(f"{stack['monitor']}/metrics", timeout=10).text,
-            "sandbox_monitor_last_evaluation_timestamp_seconds",
-        )
-        > t0
-    )
+
+    def judged() -> bool:
+        text = httpx.get(f"{stack['monitor']}/metrics", timeout=10).text
+        return metric_value(text, "sandbox_monitor_last_evaluation_timestamp_seconds") > t0
+
     assert wait_until(judged, 120), httpx.get(f"{stack['monitor']}/api/status", timeout=10).text
 
     answer = httpx.post(f"{stack['retrainer']}/alerts", json=notification("drift-1"), timeout=10).json()
