@@ -22,6 +22,11 @@ Each scenario takes a frame in the loan schema and a ``severity`` (0 = no change
   training frame the offline gate cannot see it (its holdout carries the same bug, so the champion
   looks worse there, not the challenger); only live labels can: the release's live gate rejects
   the version in shadow (docs/releases.md, "A bad release").
+- ``launch_label_bug``: a market launch whose label join is broken: ``0.3 x severity`` of rows get
+  ``region = "overseas"`` (``new_category``'s value) and their labels inverted. A version trained on
+  it passes the offline gate (the same bug is in its holdout) and the live gate while no overseas
+  traffic exists yet; once the launch sends it (``new_category`` traffic, true labels), the bake
+  sees the slice collapse and rolls it back (docs/releases.md, "A late regression").
 
 Traffic adds one incident of its own, ``invalid_rows`` (sandbox/traffic.py): rows that fail serving's
 validation cannot be a training frame.
@@ -37,7 +42,7 @@ from pipelines.features import LABEL, LOAN_SCHEMA
 
 SCENARIOS = (
     "none", "covariate_shift", "new_category", "missing_values", "concept_drift", "label_shift", "unit_change",
-    "label_bug",
+    "label_bug", "launch_label_bug",
 )  # fmt: skip
 
 COVARIATE_SHIFT = {"credit_score": -1.0, "debt_to_income": +1.0}  # direction, in standard deviations
@@ -47,6 +52,7 @@ UNIT_CHANGE = {"income": 0.001}  # feature -> factor: USD sent as thousands of U
 LABEL_BUG = ("region", "north")  # the slice whose labels a broken join inverts
 FRACTION_PER_SEVERITY = {
     "new_category": 0.3, "missing_values": 0.3, "concept_drift": 0.5, "unit_change": 1.0, "label_bug": 1.0,
+    "launch_label_bug": 0.3,
 }  # fmt: skip
 
 
@@ -75,7 +81,7 @@ def apply_scenario(
     missing = [c for c in LOAN_SCHEMA.names if c not in frame.columns]
     if missing:
         raise DataError(f"scenario {scenario!r} needs the loan schema; the frame lacks {', '.join(missing)}")
-    needs_label = scenario in ("concept_drift", "label_shift", "label_bug")
+    needs_label = scenario in ("concept_drift", "label_shift", "label_bug", "launch_label_bug")
     if needs_label and LABEL not in frame.columns:
         raise DataError(f"scenario {scenario!r} changes labels, but the frame has no {LABEL!r} column")
     rng = np.random.default_rng(seed)
@@ -86,10 +92,13 @@ def apply_scenario(
             feature = LOAN_SCHEMA[col]
             shifted = (out[col] + direction * severity * std).clip(feature.low, feature.high)
             out[col] = shifted.round().astype(out[col].dtype) if feature.kind == "int" else shifted
-    elif scenario == "new_category":
+    elif scenario in ("new_category", "launch_label_bug"):
         col, value = NEW_CATEGORY
         out[col] = out[col].astype(object)
-        out.loc[rng.random(len(out)) < affected_fraction(scenario, severity), col] = value
+        launched = rng.random(len(out)) < affected_fraction(scenario, severity)
+        out.loc[launched, col] = value
+        if scenario == "launch_label_bug":
+            out.loc[launched, LABEL] = 1 - out.loc[launched, LABEL]
     elif scenario == "missing_values":
         for col in MISSING_COLUMNS:
             out[col] = out[col].astype(float)

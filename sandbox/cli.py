@@ -19,11 +19,12 @@ from sandbox.settings import Settings
 # The choices each --help lists, written out so that `--help` imports no pandas (pipelines/scenarios.py
 # does); tests/unit/test_docs.py fails when they differ from the code's.
 DRIFT_HELP = "covariate_shift | new_category | missing_values | concept_drift | label_shift"
-SCENARIOS_HELP = f"none | {DRIFT_HELP} | unit_change | label_bug"
+SCENARIOS_HELP = f"none | {DRIFT_HELP} | unit_change | label_bug | launch_label_bug"
 SOURCES_HELP = "synthetic | breast_cancer | csv | production"
 SEVERITY_HELP = (
     "Scenario strength, 0..3: standard deviations for covariate_shift; for the others a share of rows, "
-    "severity x 30 % (concept_drift 50 %, unit_change and label_bug 100 %), at most all; label_shift stops growing at 1."
+    "severity x 30 % (concept_drift 50 %, unit_change and label_bug 100 %), at most all; label_shift stops growing at 1. "
+    "launch_label_bug: new_category's overseas rows with their labels inverted (a training set for the bad-release story)."
 )
 
 app = typer.Typer(
@@ -500,7 +501,8 @@ def incident(
         typer.Argument(
             help=f"Drift (the world changed): {DRIFT_HELP}. Broken upstream (a human is paged, no retraining): "
             "unit_change | invalid_rows. label_bug: the labels sent for region north inverted, the features "
-            "untouched (no drift or data-quality alert; the live accuracy falls). Which alert each fires: "
+            "untouched (no drift or data-quality alert; the live accuracy falls); launch_label_bug: new_category's "
+            "overseas rows with their labels inverted. Which alert each fires: "
             "docs/loop-by-hand.md."
         ),
     ],
@@ -700,7 +702,9 @@ def demo(
             help="covariate-shift: the world changes, the loop retrains and recovers. upstream-bug: a client "
             "sends income in thousands, a human is paged, nothing retrains, the champion stays. bad-release: a "
             "version trained on rows with inverted labels (label_bug) passes the offline gate, the live gate "
-            "rejects it in shadow, it answers no client."
+            "rejects it in shadow, it answers no client; then a version trained for a market launch whose labels "
+            "were inverted (launch_label_bug) passes both gates before the launch, serves, and is rolled back "
+            "by its bake once the launch's traffic comes."
         ),
     ] = "covariate-shift",
     scenario: Annotated[
@@ -733,7 +737,9 @@ def demo(
     With --story upstream-bug: up, train v1, clean traffic, a unit change, DataQualityDegraded, a human notified, retraining held, the fix, the alert resolves, v1 still the champion.
 
     With --story bad-release: up, train v1, clean traffic, a version trained on broken labels passes the
-    offline gate into shadow, the live gate rejects it, v1 still the champion.
+    offline gate into shadow, the live gate rejects it, v1 still the champion; then a version trained for
+    a market launch with broken labels passes both gates and serves, the launch's traffic comes, the bake
+    rolls it back to v1 by itself and ModelRolledBack pages a human.
 
     The demo's short intervals stay in force until the next `sandbox up` (docs/troubleshooting.md).
     """

@@ -12,6 +12,13 @@ range) -> DataQualityDegraded fires -> a human is notified and the retraining is
 inhibit rule, or the retrainer's own check) -> the client is fixed -> the alert resolves -> the
 champion is still v1 and nothing was retrained.
 
+The third (``--story bad-release``) is the release guarding itself: up -> train v1 -> clean traffic
+-> a version trained on rows whose labels a broken join inverted passes the offline gate -> the live
+gate rejects it in shadow (it answered nobody) -> a version trained for a market launch whose labels
+were inverted passes both gates (no launch traffic yet) -> it serves -> the launch's traffic comes ->
+the bake sees the new region's live quality collapse and moves the champion back to v1 -> serving
+swaps back -> ModelRolledBack pages a human.
+
 The demo runs the stack with a *profile* of short intervals (``DEMO_OVERRIDES``): it is written
 into the services' supervisord environment, so a later ``sandbox up`` goes back to the defaults.
 """
@@ -73,6 +80,15 @@ UPSTREAM_BUG = "unit_change"  # the incident of the upstream-bug story
 BAD_RELEASE = (
     "label_bug"  # the bad-release story: a version trained on rows whose labels a broken join inverted
 )
+# Its second act: a version trained for a market launch whose labels a broken join inverted, then the
+# launch's traffic (the new region, true labels) once that version serves.
+LATE_REGRESSION, LAUNCH = "launch_label_bug", "new_category"
+ROLLBACK_ALERT = "ModelRolledBack"
+# How the release controller ends a shadow and a bake (its outcomes, services/retrainer/release.py).
+GATE_ENDS, BAKE_ENDS = ("promoted", "rejected", "ended"), ("rolled_back", "done", "ended")
+# Per story, on top of DEMO_OVERRIDES: the late regression's bake must outlast the launch's first
+# labelled rows (serving swaps, ~100 labelled rows of the new region, a poll: ~20 s on a quiet machine).
+STORY_OVERRIDES: dict[str, dict] = {"bad-release": {"release_bake_seconds": 60}}
 # Rows arrive twice as fast as requests: every wait on data (the windows the monitor judges, the
 # rows served after the alert that become v2's reference) takes half as long, at a request rate
 # the one-connection traffic client keeps up with on a busy 2-core machine.
@@ -85,9 +101,9 @@ class DemoError(RuntimeError):
         self.step = step
 
 
-def demo_settings(base: Settings | None = None, **overrides) -> Settings:
+def demo_settings(base: Settings | None = None, story: str = "covariate-shift", **overrides) -> Settings:
     base = base or Settings()
-    return base.model_copy(update={**DEMO_OVERRIDES, **overrides})
+    return base.model_copy(update={**DEMO_OVERRIDES, **STORY_OVERRIDES.get(story, {}), **overrides})
 
 
 def profile_env(settings: Settings) -> dict[str, str]:
@@ -203,6 +219,7 @@ class DemoResult:
     shadow_s: float | None = None  # v2 in shadow -> the live gate's decision
     live_gate: str | None = None  # the live gate's reason, with its numbers
     bake_s: float | None = None  # v2 champion -> the bake's verdict
+    rollback: str | None = None  # bad-release: why the bake rolled the late regression back
     retrained: bool | None = None  # whether any retraining ran because of the incident
     story: str = "covariate-shift"
     champion_before: str | None = None
@@ -218,8 +235,8 @@ class DemoResult:
     def summary(self) -> dict:
         """What ``sandbox demo --json`` prints: the timings, the versions, requests and failures."""
         keys = ["completed", "story", "time_to_detect_s", "time_to_retrain_s", "time_to_recover_s",
-                "quality_alert_s", "retrained", "shadow_s", "live_gate", "bake_s", "champion_before",
-                "champion_after", "requests", "failed_requests", "report"]  # fmt: skip
+                "quality_alert_s", "retrained", "shadow_s", "live_gate", "bake_s", "rollback",
+                "champion_before", "champion_after", "requests", "failed_requests", "report"]  # fmt: skip
         if not self.completed:
             keys += ["failed_step", "error"]
         return {key: getattr(self, key) for key in keys}
@@ -264,6 +281,8 @@ class Demo:
         self.retrain_run: str | None = None  # the retrainer's id of the incident's retraining
         self.shadow_at = 0.0  # when v2 (or the bad release) went into shadow
         self.bad_version: str | None = None  # the bad-release story's version
+        self.late_version: str | None = None  # its second act's version
+        self.promoted_at = 0.0  # when the live gate promoted it
         # Seconds to fill one window the monitor judges, at the demo's row rate.
         self.fill = settings.monitor_min_rows / (rps * rows_per_request)
 
@@ -299,10 +318,14 @@ class Demo:
             "retraining held: data quality": f"see {retrainer}",
             "retraining finishes": f"see {retrainer} (the run's log path) and {logs}/train-*.log",
             "serving swaps to v2": f"see {logs / 'serving.log'}",
+            "serving swaps to the late version": f"see {logs / 'serving.log'}",
+            "serving swaps back": f"see {logs / 'serving.log'} and `sandbox release status`",
             "drift falls on v2": f"see {status_page} (rows judged for v2) and {logs / 'monitor.log'}",
             "alert resolves": f"see {alerts} and {status_page}",
             f"{QUALITY_ALERT} resolves": f"see {alerts} and {status_page} (data quality)",
             "bake ends": f"see `sandbox release status` (what the bake watches) and {logs / 'retrainer.log'}",
+            "bake rolls back": f"see `sandbox release status` (what the bake watches) and {logs / 'retrainer.log'}",
+            f"{ROLLBACK_ALERT} pages a human": f"see {alerts}, {logs / 'alertmanager.log'} and {retrainer}",
         }.get(step, "")
 
     def steps(self) -> list[Callable[[], None]]:
@@ -311,7 +334,9 @@ class Demo:
         if self.story == "upstream-bug":
             return [*opening, self.upstream_bug, self.retraining_held, self.upstream_fixed]
         if self.story == "bad-release":
-            return [*opening, self.bad_release, self.bad_release_rejected]
+            return [
+                *opening, self.bad_release, self.bad_release_rejected, self.late_regression, self.rolled_back,
+            ]  # fmt: skip
         return [*opening, self.incident, self.retraining, self.live_gate, self.recovery, self.bake]
 
     def run(self, after_step: Callable[[str], None] = lambda name: None) -> DemoResult:
@@ -540,22 +565,39 @@ class Demo:
         self.result.shadow_s = round(promoted - self.shadow_at, 1)
         self.result.time_to_retrain_s = round(promoted - self.detected_at, 1)
 
-    def bad_release(self) -> None:
-        """A version trained on broken labels: it passes the offline gate (whose holdout has the same bug)."""
+    def train_release(self, name: str, scenario: str, what: str) -> TrainResult:
+        """Train-and-register on ``scenario`` rows; it must pass the offline gate into shadow (steps
+        ``<name> trained`` and ``<name> in shadow``)."""
         from sandbox.training import train, train_params
 
-        self.on_status(
-            f"train-and-register on rows with a label bug ({BAD_RELEASE}): the offline gate decides..."
-        )
-        self.incident_at = time.time()
+        self.on_status(f"train-and-register on {what} ({scenario}): the offline gate decides...")
         try:
-            trained = train(train_params(self.settings, scenario=BAD_RELEASE, trigger="demo"), self.settings)
+            trained = train(train_params(self.settings, scenario=scenario, trigger="demo"), self.settings)
         except (RuntimeError, ValueError) as exc:
-            raise DemoError("bad release trained", str(exc)) from exc
+            raise DemoError(f"{name} trained", str(exc)) from exc
         if trained.outcome != "shadow":
-            raise DemoError(
-                "bad release in shadow", f"the offline gate said {trained.outcome}: {trained.reason}"
+            raise DemoError(f"{name} in shadow", f"the offline gate said {trained.outcome}: {trained.reason}")
+        return trained
+
+    def release_outcome(self, version: str, ends: tuple[str, ...], step: str, timeout: float) -> dict:
+        """The release controller's outcome for ``version`` once it is one of ``ends`` (rejected, promoted,
+        rolled_back, done, ended: services/retrainer/release.py)."""
+        settings = self.settings
+
+        def decided() -> dict | None:
+            outcomes = (release_status(settings) or {}).get("outcomes") or []
+            return next(
+                (o for o in reversed(outcomes) if o["version"] == version and o["outcome"] in ends), None
             )
+
+        return self.wait(
+            step, decided, timeout, hint="`sandbox release status` says what the controller waits for"
+        )
+
+    def bad_release(self) -> None:
+        """A version trained on broken labels: it passes the offline gate (whose holdout has the same bug)."""
+        self.incident_at = time.time()
+        trained = self.train_release("bad release", BAD_RELEASE, "rows with a label bug")
         self.bad_version = trained.model_version
         self.shadow_at = self.timeline.add(
             "bad v in shadow", f"v{trained.model_version} passed the offline gate: {trained.reason}"
@@ -564,18 +606,10 @@ class Demo:
     def bad_release_rejected(self) -> None:
         """The live gate sees it on real labels; the champion never changed and the bad version answered nobody."""
         settings, bad, v1 = self.settings, self.bad_version, self.result.champion_before
-
-        def decided() -> dict | None:
-            status = release_status(settings)
-            if not status or status.get("phase") != "idle":
-                return None
-            return next((o for o in reversed(status.get("outcomes") or []) if o["version"] == bad), None)
-
         self.on_status(f"v{bad} in shadow: waiting for the live gate on paired labelled rows...")
-        decision = self.wait(
-            "live gate decides", decided, settings.release_shadow_deadline_seconds + 60,
-            hint="`sandbox release status` says what the controller waits for",
-        )  # fmt: skip
+        decision = self.release_outcome(
+            bad, GATE_ENDS, "live gate decides", settings.release_shadow_deadline_seconds + 60
+        )
         if decision.get("outcome") != "rejected":
             raise DemoError(
                 "live gate rejects", f"v{bad} was {decision.get('outcome')}: {decision.get('reason')}"
@@ -590,6 +624,69 @@ class Demo:
         if after != v1 or answered:
             raise DemoError("champion unchanged", f"champion v{after}; v{bad} answered {answered} rows")
         self.timeline.add("champion unchanged", f"v{v1}; v{bad} answered no client")
+
+    def late_regression(self) -> None:
+        """A version that passes both gates: trained for a market launch whose labels a broken join
+        inverted, judged live before the launch sends any traffic. Promoted, it serves; then the launch."""
+        settings = self.settings
+        trained = self.train_release(
+            "late regression", LATE_REGRESSION, "rows of a market launch with a label bug"
+        )
+        late = self.late_version = trained.model_version
+        shadow_at = self.timeline.add(
+            "late v in shadow",
+            f"v{late} trained with the overseas launch's rows (their labels inverted) passed the offline gate: "
+            f"{trained.reason}",
+        )
+        self.on_status(f"v{late} in shadow: no overseas traffic yet, the live gate judges today's regions...")
+        decision = self.release_outcome(
+            late, GATE_ENDS, "live gate promotes", settings.release_shadow_deadline_seconds + 60
+        )
+        if decision.get("outcome") != "promoted":
+            raise DemoError(
+                "live gate promotes", f"v{late} was {decision.get('outcome')}: {decision.get('reason')}"
+            )
+        self.promoted_at = self.timeline.add("live gate promotes", f"v{late}: {decision.get('reason')}")
+        self.result.shadow_s = round(self.promoted_at - shadow_at, 1)
+        # The launch starts once the new champion serves: its rows then reach v{late} only.
+        self.wait("serving swaps to the late version", lambda: served_version(settings) == late, 120)
+        self.timeline.add(f"serving v{late}", "the bake watches it against the previous champion")
+        self.control.switch(LAUNCH, 1.0)
+        self.timeline.add(
+            "overseas launches", "30 % of applications from region=overseas, with their true labels"
+        )
+
+    def rolled_back(self) -> None:
+        """The bake sees the new region's live quality collapse and moves the champion back by itself."""
+        settings, late, v1 = self.settings, self.late_version, self.result.champion_before
+        self.on_status(f"v{late} bakes: live quality per region watched against v{v1}...")
+        outcome = self.release_outcome(
+            late, BAKE_ENDS, "bake rolls back", settings.release_bake_seconds + 120
+        )
+        self.control.switch("none")  # the launch pauses until its label join is fixed
+        if outcome["outcome"] != "rolled_back":
+            raise DemoError(
+                "bake rolls back", f"v{late}'s bake ended {outcome['outcome']}: {outcome['reason']}"
+            )
+        at = self.timeline.add("rolled back", f"v{late}: {outcome['reason']}", at=outcome["at"])
+        self.result.rollback = outcome["reason"]
+        self.result.bake_s = round(at - self.promoted_at, 1)
+        self.wait("serving swaps back", lambda: served_version(settings) == v1, 120)
+        self.timeline.add(f"serving v{v1}", "the previous champion again; the launch paused")
+        after = (champion(settings) or {}).get("version")
+        self.result.champion_after = after
+        if after != v1:
+            raise DemoError("champion rolled back", f"the champion is v{after}, not v{v1}")
+        note = self.wait(
+            f"{ROLLBACK_ALERT} pages a human",
+            lambda: paged_since(settings, ROLLBACK_ALERT, outcome["at"]),
+            120,
+        )
+        self.timeline.add(
+            f"{ROLLBACK_ALERT} paged",
+            f"{note['receiver']}: {note['alert']['summary']}",
+            at=note["received_at"],
+        )
 
     def recovery(self) -> None:
         settings, v2 = self.settings, self.result.champion_after

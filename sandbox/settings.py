@@ -144,12 +144,16 @@ class Settings(BaseSettings):
     release_min_paired_rows: int = 2_000
     release_shadow_deadline_seconds: float = 900.0
     release_poll_seconds: float = 5.0
-    # The live gate: challenger - champion on the same rows, a paired bootstrap CI per metric; the
-    # challenger passes when the CI's lower bound is above -tolerance (not worse beyond it).
-    release_metrics: list[str] = ["roc_auc", "f1"]
-    release_tolerance: float = 0.02
-    # A slice (region) fails only when clearly worse (its whole CI below 0) by more than this.
-    release_slice_tolerance: float = 0.05
+    # The live gate: challenger - champion on the same rows, a paired bootstrap CI per metric (the
+    # keys); the challenger passes when each CI's lower bound is above -its tolerance (not worse beyond
+    # it). f1 at the 0.5 threshold, on a label positive 1 time in 5, is the noisy one: between v1 and
+    # independent retrains as good as it on 2,000 rows, its CI's lower end reached -0.055 (roc_auc's
+    # -0.017; 40 draws, docs/releases.md), so at 0.02 half of such equals were rejected.
+    release_tolerances: dict[str, float] = {"roc_auc": 0.02, "f1": 0.06}
+    # A slice (region) fails only when clearly worse (its whole CI below 0) by more than its metric's
+    # figure here. f1 again needs more: on a region's 300-400 rows, those equal retrains' f1 fell by
+    # up to 0.083 with the CI below 0 (4 of 30 draws at 0.05).
+    release_slice_tolerances: dict[str, float] = {"roc_auc": 0.05, "f1": 0.10}
     release_bootstrap_resamples: int = 1_000
     release_confidence: float = 0.95
     # Bake: after a promotion the new champion is watched this long against the previous champion's

@@ -107,8 +107,8 @@ class LiveGateResult:
     rows: int
     metrics: list[MetricComparison]
     slices: dict[str, list[MetricComparison]] = field(default_factory=dict)
-    tolerance: float = 0.0
-    slice_tolerance: float = 0.0
+    tolerances: dict[str, float] = field(default_factory=dict)
+    slice_tolerances: dict[str, float] = field(default_factory=dict)
     confidence: float = 0.0
 
     def to_dict(self) -> dict:
@@ -145,16 +145,17 @@ def live_gate(
     champion_prob: np.ndarray,
     challenger_prob: np.ndarray,
     slices: np.ndarray | None,
-    metrics: list[str],
-    tolerance: float,
-    slice_tolerance: float,
+    tolerances: dict[str, float],
+    slice_tolerances: dict[str, float],
     resamples: int,
     confidence: float,
     seed: int = 0,
     slice_name: str = "region",
 ) -> LiveGateResult:
-    """Promote only when the challenger is not worse than the champion beyond the tolerance overall,
-    and no slice with enough rows clearly regresses beyond ``slice_tolerance``."""
+    """Promote only when the challenger is not worse than the champion beyond each metric's tolerance
+    overall (``tolerances``: metric -> tolerance, the metrics compared), and no slice with enough rows
+    clearly regresses beyond its metric's ``slice_tolerances``."""
+    metrics = list(tolerances)
     rng = np.random.default_rng(seed)
     y = np.asarray(y)
     args = dict(resamples=resamples, confidence=confidence, rng=rng)
@@ -168,24 +169,25 @@ def live_gate(
                 by_slice[f"{slice_name}={value}"] = [
                     compare(m, y[mask], champion_prob[mask], challenger_prob[mask], **args) for m in metrics
                 ]
-    result = dict(rows=len(y), metrics=overall, slices=by_slice, tolerance=tolerance,
-                  slice_tolerance=slice_tolerance, confidence=confidence)  # fmt: skip
+    result = dict(rows=len(y), metrics=overall, slices=by_slice, tolerances=dict(tolerances),
+                  slice_tolerances=dict(slice_tolerances), confidence=confidence)  # fmt: skip
     pct = f"{confidence:.0%} CI"
     for c in overall:
-        if _worse(c, tolerance):
+        if _worse(c, tolerances[c.metric]):
             return LiveGateResult(False, f"worse on live rows: {c.metric} {c.challenger:.4f} vs champion "
                                   f"{c.champion:.4f}, difference {c.difference:+.4f} ({pct} {c.low:+.4f}..{c.high:+.4f}) "
-                                  f"reaches below -{tolerance} on {c.rows} paired rows", **result)  # fmt: skip
+                                  f"reaches below -{tolerances[c.metric]} on {c.rows} paired rows", **result)  # fmt: skip
     for name, comparisons in by_slice.items():
         for c in comparisons:
-            if _slice_regresses(c, slice_tolerance):
+            if _slice_regresses(c, slice_tolerances[c.metric]):
                 return LiveGateResult(False, f"slice {name} regresses on live rows: {c.metric} {c.challenger:.4f} vs "
                                       f"champion {c.champion:.4f} ({pct} {c.low:+.4f}..{c.high:+.4f}, tolerance "
-                                      f"{slice_tolerance}, {c.rows} rows)", **result)  # fmt: skip
+                                      f"{slice_tolerances[c.metric]}, {c.rows} rows)", **result)  # fmt: skip
     summary = ", ".join(
         f"{c.metric} {c.difference:+.4f} ({pct} {c.low:+.4f}..{c.high:+.4f})" for c in overall
     )
     tie = any(c.low <= 0 <= c.high for c in overall)
     verdict = "tie within tolerance -> promote" if tie else "better -> promote"
+    within = ", ".join(f"{m} {t}" for m, t in slice_tolerances.items())
     return LiveGateResult(True, f"{verdict}: {summary} on {len(y)} paired rows, every slice within "
-                          f"{slice_tolerance}", **result)  # fmt: skip
+                          f"{within}", **result)  # fmt: skip

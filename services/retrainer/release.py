@@ -275,7 +275,7 @@ def paired_evidence(records: list[dict], champion: str, challenger: str, s: Sett
         frame["label"].astype(int).to_numpy(), frame["probability"].astype(float).to_numpy(),
         frame["shadow_probability"].astype(float).to_numpy(),
         frame[slice_by].to_numpy() if slice_by and slice_by in frame else None,
-        s.release_metrics, s.release_tolerance, s.release_slice_tolerance, s.release_bootstrap_resamples,
+        s.release_tolerances, s.release_slice_tolerances, s.release_bootstrap_resamples,
         s.release_confidence, seed=0, slice_name=slice_by or "slice",
     )  # fmt: skip
     return len(frame), gate.to_dict()

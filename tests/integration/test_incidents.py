@@ -10,8 +10,9 @@ asserts the outcome of each incident from the outside as well:
 | clean traffic | none | nobody | no | v1 |
 | invalid_rows flood | InputRejectionsHigh | the human receiver | no | v1 |
 | unit_change | DataQualityDegraded | the human receiver | no (held) | v1 |
+| a release trained on broken labels (label_bug) | none | nobody | - | v1 (the live gate rejects it) |
+| a release trained for a launch with broken labels (launch_label_bug), then the launch | ModelRolledBack | the human receiver | - | v1 (its bake rolls it back) |
 | covariate_shift | DataDriftDetected | the retrainer | yes | v2 (shadow, live gate, bake) |
-| a release trained on broken labels (label_bug) | none | nobody | - | v2 (the live gate rejects it) |
 """
 
 import shutil
@@ -27,6 +28,7 @@ from sandbox.demo import (
     Timeline,
     demo_settings,
     paged_since,
+    records_answered_by,
     retraining_since,
 )
 from sandbox.local_stack import alertmanager_binary
@@ -60,7 +62,7 @@ def demo(tmp_path_factory):
     env.setenv("SANDBOX_HOME", str(tmp_path_factory.mktemp("incidents")))
     for name in names:
         env.setenv(f"SANDBOX_{name.upper()}_PORT", str(free_port()))
-    settings = demo_settings(Settings())
+    settings = demo_settings(Settings(), story="bad-release")  # its longer bake (STORY_OVERRIDES)
     timeline = Timeline(on_event=lambda e: print(f"{e['t']:7.1f}s  {e['event']}  {e['detail']}"))
     story = Demo(settings, timeline, timeout=420, on_status=print)
     try:
@@ -120,7 +122,34 @@ def test_3_a_unit_change_pages_a_human_holds_retraining_and_keeps_the_champion(d
     assert status.served_version(settings) == v1
 
 
-def test_4_a_covariate_shift_retrains_and_promotes(demo):
+def test_4_bad_releases_one_rejected_live_one_rolled_back_in_its_bake(demo):
+    from mlflow.tracking import MlflowClient
+
+    settings, v1 = demo.settings, demo.result.champion_before
+    demo.bad_release()  # label_bug rows: the offline gate's holdout has the same bug, so it passes
+    bad = demo.bad_version
+    assert int(bad) > int(v1)
+    demo.bad_release_rejected()  # the live gate sees the true labels; a DemoError otherwise
+    assert "worse on live rows" in demo.result.live_gate or "regresses" in demo.result.live_gate
+    assert status.champion(settings)["version"] == v1 and status.served_version(settings) == v1
+    release = status.release_status(settings)
+    assert release["phase"] == "idle" and release["challenger"] is None
+
+    # The late regression: both gates pass it (no overseas traffic yet), it serves, the launch comes.
+    demo.late_regression()  # a DemoError unless the live gate promotes it and serving swaps to it
+    late = demo.late_version
+    demo.rolled_back()  # the bake rolls it back, serving swaps back, ModelRolledBack fires
+    assert "slice region=overseas" in demo.result.rollback, demo.result.rollback
+    assert status.champion(settings)["version"] == v1 and status.served_version(settings) == v1
+    assert records_answered_by(settings, late) > 0  # it did serve: this was a rollback, not a rejection
+    client = MlflowClient(settings.mlflow_uri)
+    version = client.get_model_version(settings.model_name, late)
+    assert "region=overseas" in version.tags["rolled_back"]
+    assert version.tags["gate.live.decision"] == "promoted"
+    assert client.get_model_version_by_alias(settings.model_name, "previous").version == v1
+
+
+def test_5_a_covariate_shift_retrains_and_promotes(demo):
     settings = demo.settings
     assert not firing(settings) & {REJECTIONS_ALERT, QUALITY_ALERT}  # nothing inhibits the drift alert
     demo.incident()  # DataDriftDetected fires
@@ -135,17 +164,4 @@ def test_4_a_covariate_shift_retrains_and_promotes(demo):
     assert all(h["skipped"] == "data_quality" and h["at"] < demo.incident_at for h in held), held
     with pytest.raises(DemoError):  # and the upstream-bug story's guard sees this retraining
         demo.no_retraining("after the retraining")
-
-
-def test_5_a_release_trained_on_broken_labels_passes_offline_and_is_rejected_live(demo):
-    settings = demo.settings
-    demo.bake()  # v2's bake ends (kept) before the next release starts
-    demo.result.champion_before = v2 = status.champion(settings)["version"]
-    demo.bad_release()  # label_bug rows: the offline gate's holdout has the same bug, so it passes
-    bad = demo.bad_version
-    assert int(bad) > int(v2)
-    demo.bad_release_rejected()  # the live gate sees the true labels; a DemoError otherwise
-    assert "worse on live rows" in demo.result.live_gate or "regresses" in demo.result.live_gate
-    assert status.champion(settings)["version"] == v2 and status.served_version(settings) == v2
-    release = status.release_status(settings)
-    assert release["phase"] == "idle" and release["challenger"] is None
+    demo.bake()  # v2's bake ends, kept (a DemoError if it was rolled back)

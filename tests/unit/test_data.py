@@ -85,6 +85,21 @@ def test_label_bug_inverts_the_labels_of_one_region_only(loans):
     assert (drifted.loc[~north, LABEL] == loans.loc[~north, LABEL]).all()
 
 
+def test_launch_label_bug_inverts_the_labels_of_exactly_the_new_regions_rows(loans):
+    from pipelines.scenarios import NEW_CATEGORY
+
+    col, value = NEW_CATEGORY
+    drifted = apply_scenario(loans, "launch_label_bug", 1.0, seed=1)
+    launched = drifted[col] == value
+    assert launched.mean() == pytest.approx(0.3, abs=0.03)
+    assert (drifted.loc[launched, LABEL] == 1 - loans.loc[launched, LABEL]).all()
+    assert (drifted.loc[~launched, LABEL] == loans.loc[~launched, LABEL]).all()
+    # The same rows new_category moves, with the same seed: the launch's traffic is that scenario.
+    assert (apply_scenario(loans, "new_category", 1.0, seed=1)[col] == value).equals(launched)
+    others = [c for c in LOAN_SCHEMA.names if c != col]
+    pd.testing.assert_frame_equal(drifted[others], loans[others])
+
+
 def test_label_shift_raises_the_base_rate(loans):
     drifted = apply_scenario(loans, "label_shift", 1.0, seed=1)
     base = loans[LABEL].mean()

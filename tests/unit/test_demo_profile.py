@@ -63,6 +63,11 @@ def test_the_upstream_bug_story_shares_the_opening_and_holds_instead_of_retraini
     assert names(drift)[:4] == names(bug)[:4] == ["start_stack", "train_v1", "start_traffic", "clean_traffic"]
     assert names(drift)[4:] == ["incident", "retraining", "live_gate", "recovery", "bake"]
     assert names(bug)[4:] == ["upstream_bug", "retraining_held", "upstream_fixed"]
+    release = Demo(settings, Timeline(), story="bad-release")
+    assert names(release)[4:] == ["bad_release", "bad_release_rejected", "late_regression", "rolled_back"]
+    # Its bake outlasts the launch's first labelled rows; the other stories keep the demo's 30 s.
+    assert demo_settings(Settings(home=tmp_path), story="bad-release").release_bake_seconds == 60
+    assert settings.release_bake_seconds == DEMO_OVERRIDES["release_bake_seconds"] == 30
     assert settings.alert_for_overrides[QUALITY_ALERT] == "10s"
     summary = DemoResult(
         completed=True, story="upstream-bug", quality_alert_s=12.5, retrained=False
@@ -101,8 +106,11 @@ def test_a_step_that_times_out_says_where_to_look(tmp_path):
             depth += {"(": 1, ")": -1}.get(source[end], 0)
             end += 1
         call = source[start:end]
-        name = re.match(r"\s*f?\"([^\"]+)\"", call).group(1)
-        calls.append((name.replace("{QUALITY_ALERT}", demo_module.QUALITY_ALERT), "hint=" in call))
+        literal = re.match(r"\s*f?\"([^\"]+)\"", call)  # a step named by a variable must pass a hint
+        name = literal.group(1) if literal else call.split(",")[0].strip()
+        for constant in ("QUALITY_ALERT", "ROLLBACK_ALERT"):
+            name = name.replace(f"{{{constant}}}", getattr(demo_module, constant))
+        calls.append((name, "hint=" in call))
     assert len(calls) >= 10
     assert [name for name, hinted in calls if not hinted and not demo.where_to_look(name)] == []
 

@@ -95,6 +95,8 @@ def test_rendered_configs_are_valid_and_use_the_configured_ports(tmp_path):
         # Broken data pages a human and never reaches the retrainer.
         (["alertname=DataQualityDegraded", "action=page", "severity=critical"], "human"),
         (["alertname=InputRejectionsHigh", "action=page", "severity=warning"], "human"),
+        # A rollback already undid the harm; a person finds out why the version passed both gates.
+        (["alertname=ModelRolledBack", "action=page", "severity=warning"], "human"),
     ],
 )
 def test_alertmanager_routes_retrain_alerts_to_the_retrainer_and_pages_to_a_human(labels, receiver):
