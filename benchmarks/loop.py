@@ -8,9 +8,11 @@ at the latest), as a laptop busy with other work would be.
 Prints per run: completed, time to detect / retrain / shadow / recover / bake, requests and failed
 requests, the failed step; then the success rate and the worst recovery. Targets on a 2-core
 machine: 5 of 5 with ``--busy-cores 1``, 0 failed requests in every run, recovery under 180 s in
-every run.
+every run. ``--story bad-release`` tries that story instead (its "recover" is the live gate's
+rejection; "bake" and "rollback" are the late regression's).
 
     .venv/bin/python benchmarks/loop.py --runs 5 --busy-cores 1
+    .venv/bin/python benchmarks/loop.py --runs 3 --busy-cores 1 --story bad-release
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def spin(seconds: float) -> None:
         pass
 
 
-def one_run(index: int, busy_cores: int, timeout: float, keep: Path | None) -> dict:
+def one_run(index: int, busy_cores: int, timeout: float, keep: Path | None, story: str) -> dict:
     home = Path(tempfile.mkdtemp(prefix=f"loop-{index}-"))
     env = {**os.environ, "SANDBOX_HOME": str(home), "COLUMNS": "160"}
     env.update({f"SANDBOX_{name.upper()}_PORT": str(free_port()) for name in SERVICES})
@@ -56,7 +58,11 @@ def one_run(index: int, busy_cores: int, timeout: float, keep: Path | None) -> d
     started = time.monotonic()
     try:
         done = subprocess.run(
-            [SANDBOX, "demo", "--json"], env=env, capture_output=True, text=True, timeout=timeout
+            [SANDBOX, "demo", "--json", "--story", story],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         lines = done.stdout.strip().splitlines()
         summary = json.loads(lines[-1]) if lines else {"completed": False, "error": done.stderr[-500:]}
@@ -83,6 +89,7 @@ def main() -> None:
     parser.add_argument("--busy-cores", type=int, default=0, help="cores kept busy by a CPU hog meanwhile")
     parser.add_argument("--timeout", type=float, default=1500, help="seconds one run may take")
     parser.add_argument("--keep", type=Path, help="copy each run's report and logs here")
+    parser.add_argument("--story", default="covariate-shift", help="the demo's story (`sandbox demo --help`)")
     args = parser.parse_args()
     if not 1 <= args.runs <= 20 or not 0 <= args.busy_cores <= os.cpu_count():
         parser.error(f"--runs must be 1..20 and --busy-cores 0..{os.cpu_count()}")
@@ -91,7 +98,7 @@ def main() -> None:
         task = progress.add_task("")
         for index in range(1, args.runs + 1):
             progress.update(task, description=f"run {index}/{args.runs} (busy cores {args.busy_cores})")
-            result = one_run(index, args.busy_cores, args.timeout, args.keep)
+            result = one_run(index, args.busy_cores, args.timeout, args.keep, args.story)
             results.append(result)
             progress.console.print(f"run {index}: {json.dumps(result)}")
     table = Table(
@@ -102,6 +109,7 @@ def main() -> None:
         "shadow s",
         "recover s",
         "bake s",
+        "rollback",
         "requests",
         "failed",
         "failed step",
@@ -109,7 +117,8 @@ def main() -> None:
     for index, r in enumerate(results, start=1):
         table.add_row(
             str(index), str(r.get("completed")), str(r.get("time_to_detect_s")), str(r.get("time_to_retrain_s")),
-            str(r.get("shadow_s")), str(r.get("time_to_recover_s")), str(r.get("bake_s")), str(r.get("requests")),
+            str(r.get("shadow_s")), str(r.get("time_to_recover_s")), str(r.get("bake_s")),
+            (r.get("rollback") or "")[:60], str(r.get("requests")),
             str(r.get("failed_requests")),
             str(r.get("failed_step") or ""),
         )  # fmt: skip
@@ -123,7 +132,7 @@ def main() -> None:
         f"0 failed requests in every run: {clean}; worst recovery {max(recoveries, default=None)} s "
         f"(all under {RECOVERY_TARGET_S:.0f} s: {in_time})"
     )
-    print(json.dumps({"runs": results, "busy_cores": args.busy_cores}))
+    print(json.dumps({"runs": results, "busy_cores": args.busy_cores, "story": args.story}))
 
 
 if __name__ == "__main__":

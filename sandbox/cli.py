@@ -760,7 +760,7 @@ def demo(
     if scenario == "none":
         fail("the demo needs an incident: pick a drift scenario (e.g. --scenario covariate_shift)")
     out = err if as_json else console
-    settings = demo_settings()
+    settings = demo_settings(story=story)
 
     def on_event(event: dict) -> None:
         detail = f"  [dim]{event['detail']}[/]" if event["detail"] else ""

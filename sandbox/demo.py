@@ -89,6 +89,10 @@ GATE_ENDS, BAKE_ENDS = ("promoted", "rejected", "ended"), ("rolled_back", "done"
 # Per story, on top of DEMO_OVERRIDES: the late regression's bake must outlast the launch's first
 # labelled rows (serving swaps, ~100 labelled rows of the new region, a poll: ~20 s on a quiet machine).
 STORY_OVERRIDES: dict[str, dict] = {"bad-release": {"release_bake_seconds": 60}}
+# The bad releases' training seeds: rows v1 (seed 0) never saw. With v1's own seed the new holdout
+# holds rows v1 trained on (the split stratifies by the changed labels), v1 scores higher there than
+# it is, and the offline slice check rejected the bad release before the live gate could (measured).
+BAD_RELEASE_SEED, LATE_REGRESSION_SEED = 1, 2
 # Rows arrive twice as fast as requests: every wait on data (the windows the monitor judges, the
 # rows served after the alert that become v2's reference) takes half as long, at a request rate
 # the one-connection traffic client keeps up with on a busy 2-core machine.
@@ -565,14 +569,15 @@ class Demo:
         self.result.shadow_s = round(promoted - self.shadow_at, 1)
         self.result.time_to_retrain_s = round(promoted - self.detected_at, 1)
 
-    def train_release(self, name: str, scenario: str, what: str) -> TrainResult:
+    def train_release(self, name: str, scenario: str, seed: int, what: str) -> TrainResult:
         """Train-and-register on ``scenario`` rows; it must pass the offline gate into shadow (steps
         ``<name> trained`` and ``<name> in shadow``)."""
         from sandbox.training import train, train_params
 
         self.on_status(f"train-and-register on {what} ({scenario}): the offline gate decides...")
         try:
-            trained = train(train_params(self.settings, scenario=scenario, trigger="demo"), self.settings)
+            params = train_params(self.settings, scenario=scenario, seed=seed, trigger="demo")
+            trained = train(params, self.settings)
         except (RuntimeError, ValueError) as exc:
             raise DemoError(f"{name} trained", str(exc)) from exc
         if trained.outcome != "shadow":
@@ -597,7 +602,7 @@ class Demo:
     def bad_release(self) -> None:
         """A version trained on broken labels: it passes the offline gate (whose holdout has the same bug)."""
         self.incident_at = time.time()
-        trained = self.train_release("bad release", BAD_RELEASE, "rows with a label bug")
+        trained = self.train_release("bad release", BAD_RELEASE, BAD_RELEASE_SEED, "rows with a label bug")
         self.bad_version = trained.model_version
         self.shadow_at = self.timeline.add(
             "bad v in shadow", f"v{trained.model_version} passed the offline gate: {trained.reason}"
@@ -630,7 +635,10 @@ class Demo:
         inverted, judged live before the launch sends any traffic. Promoted, it serves; then the launch."""
         settings = self.settings
         trained = self.train_release(
-            "late regression", LATE_REGRESSION, "rows of a market launch with a label bug"
+            "late regression",
+            LATE_REGRESSION,
+            LATE_REGRESSION_SEED,
+            "rows of a market launch with a label bug",
         )
         late = self.late_version = trained.model_version
         shadow_at = self.timeline.add(
@@ -646,8 +654,10 @@ class Demo:
             raise DemoError(
                 "live gate promotes", f"v{late} was {decision.get('outcome')}: {decision.get('reason')}"
             )
-        self.promoted_at = self.timeline.add("live gate promotes", f"v{late}: {decision.get('reason')}")
-        self.result.shadow_s = round(self.promoted_at - shadow_at, 1)
+        in_shadow = time.time() - shadow_at  # shadow_s stays the first act's (the rejection's)
+        self.promoted_at = self.timeline.add(
+            "live gate promotes", f"v{late} after {in_shadow:.0f}s in shadow: {decision.get('reason')}"
+        )
         # The launch starts once the new champion serves: its rows then reach v{late} only.
         self.wait("serving swaps to the late version", lambda: served_version(settings) == late, 120)
         self.timeline.add(f"serving v{late}", "the bake watches it against the previous champion")

@@ -92,9 +92,12 @@ def test_a_step_that_times_out_says_where_to_look(tmp_path):
     from sandbox import demo as demo_module
     from sandbox.demo import Demo, DemoError, Timeline
 
-    demo = Demo(demo_settings(Settings(home=tmp_path)), Timeline())
+    from tests.support.processes import free_port
+
+    port = free_port()  # nothing listens there, even while a stack runs on the default ports
+    demo = Demo(demo_settings(Settings(home=tmp_path, prometheus_port=port)), Timeline())
     with pytest.raises(
-        DemoError, match=r"alert fires: did not happen within 0s; see http://127.0.0.1:9090/alerts"
+        DemoError, match=rf"alert fires: did not happen within 0s; see http://127.0.0.1:{port}/alerts"
     ):
         demo.wait("alert fires", lambda: None, timeout=0)
     # Every step the demo waits on names a page or a log when it times out.
@@ -132,3 +135,22 @@ def test_run_calls_after_step_after_each_step_and_stops_at_a_failed_one(tmp_path
     result = demo.run(after_step=lambda name: done.append(f"after {name}"))
     assert done == ["ok ran", "after ok"]  # nothing after the failed step, not even its hook
     assert not result.completed and result.failed_step == "broken"
+
+
+def test_the_demo_cli_runs_each_story_with_its_own_settings(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from sandbox import demo as demo_module
+    from sandbox.cli import app
+
+    seen = {}
+
+    def run_demo(settings, timeline, **options):
+        seen[options["story"]] = settings.release_bake_seconds
+        return demo_module.DemoResult(completed=True, story=options["story"])
+
+    monkeypatch.setenv("SANDBOX_HOME", str(tmp_path))
+    monkeypatch.setattr(demo_module, "run_demo", run_demo)
+    for story in ("covariate-shift", "bad-release"):
+        assert CliRunner().invoke(app, ["demo", "--story", story]).exit_code == 0
+    assert seen == {"covariate-shift": 30, "bad-release": 60}

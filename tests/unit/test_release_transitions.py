@@ -299,6 +299,7 @@ def test_a_bad_version_on_a_small_slice_is_rolled_back(separation, at_least):
     assert all(v is None or v.startswith("slice region=north: live roc_auc") for v in verdicts)
 
 
+@pytest.mark.slow  # four real models and 60 gates: ~25 s, so `make test` runs it and test-fast does not
 def test_real_retrains_as_good_as_the_champion_are_promoted_at_the_default_tolerances():
     """v1 and independent retrains of it (other seeds; and the late regression's launch model, which
     is v1's equal on today's regions) on 2,000 clean live rows, 10 draws each: f1's CI is wide there."""
@@ -306,13 +307,17 @@ def test_real_retrains_as_good_as_the_champion_are_promoted_at_the_default_toler
     from pipelines.features import LABEL, LOAN_SCHEMA
     from pipelines.scenarios import apply_scenario
     from pipelines.train import features_only, split, train_model
+    from sandbox.demo import LATE_REGRESSION, LATE_REGRESSION_SEED
 
     def trained(frame, seed):
         return train_model(split(frame, LOAN_SCHEMA, seed=seed)[0], LOAN_SCHEMA)
 
     champion = trained(generate_loans(20_000, 0), 0)
     challengers = [trained(generate_loans(20_000, seed), seed) for seed in (1, 2)]
-    challengers.append(trained(apply_scenario(generate_loans(20_000, 0), "launch_label_bug", 1.0, 0), 0))
+    late = LATE_REGRESSION_SEED  # the demo's launch model
+    challengers.append(
+        trained(apply_scenario(generate_loans(20_000, late), LATE_REGRESSION, 1.0, late), late)
+    )
     s = Settings()
     promoted = {"default": 0, "f1 at 0.02": 0}
     for draw in range(10):
