@@ -91,7 +91,6 @@ def test_a_step_that_times_out_says_where_to_look(tmp_path):
 
     from sandbox import demo as demo_module
     from sandbox.demo import Demo, DemoError, Timeline
-
     from tests.support.processes import free_port
 
     port = free_port()  # nothing listens there, even while a stack runs on the default ports
