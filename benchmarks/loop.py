@@ -122,7 +122,7 @@ def main() -> None:
             str(r.get("failed_requests")),
             str(r.get("failed_step") or ""),
         )  # fmt: skip
-    Console().print(table)
+    Console(width=200).print(table)  # wide enough for the rollback reason, also when piped
     completed = [r for r in results if r.get("completed")]
     recoveries = [r["time_to_recover_s"] for r in completed]
     clean = all(r.get("failed_requests") == 0 for r in results)
