@@ -658,7 +658,7 @@ class Demo:
         self.promoted_at = self.timeline.add(
             "live gate promotes", f"v{late} after {in_shadow:.0f}s in shadow: {decision.get('reason')}"
         )
-        # The launch starts once the new champion serves: its rows then reach v{late} only.
+        # The launch starts once the new champion serves, so its rows reach the new version only.
         self.wait("serving swaps to the late version", lambda: served_version(settings) == late, 120)
         self.timeline.add(f"serving v{late}", "the bake watches it against the previous champion")
         self.control.switch(LAUNCH, 1.0)

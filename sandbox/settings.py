@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sandbox.names import CONTEXT, NAMESPACE, REPO_ROOT
@@ -174,6 +174,23 @@ class Settings(BaseSettings):
     kfp_host: str | None = None
     kube_namespace: str = NAMESPACE
     kube_context: str = CONTEXT
+
+    @model_validator(mode="after")
+    def every_live_gate_metric_has_a_slice_tolerance(self) -> Settings:
+        unknown = sorted(
+            (set(self.release_tolerances) | set(self.release_slice_tolerances)) - {"roc_auc", "f1"}
+        )
+        if unknown:
+            raise ValueError(
+                f"the live gate knows roc_auc and f1, not {', '.join(unknown)} (SANDBOX_RELEASE_*TOLERANCES)"
+            )
+        missing = sorted(set(self.release_tolerances) - set(self.release_slice_tolerances))
+        if missing:
+            raise ValueError(
+                f"SANDBOX_RELEASE_SLICE_TOLERANCES has no tolerance for {', '.join(missing)}: give every metric of "
+                'SANDBOX_RELEASE_TOLERANCES one (JSON, e.g. \'{"roc_auc": 0.05, "f1": 0.10}\')'
+            )
+        return self
 
     @property
     def retrainer_url(self) -> str:

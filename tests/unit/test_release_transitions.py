@@ -336,3 +336,13 @@ def test_real_retrains_as_good_as_the_champion_are_promoted_at_the_default_toler
                 promoted[name] += gate.promote
     assert promoted["default"] >= 29, promoted  # of 30
     assert promoted["f1 at 0.02"] <= 24, promoted  # why f1 has its own, wider tolerance
+
+
+def test_the_live_gate_settings_refuse_an_unknown_metric_or_a_metric_without_a_slice_tolerance():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="knows roc_auc and f1, not log_loss"):
+        Settings(release_tolerances={"roc_auc": 0.02, "log_loss": 0.1})
+    with pytest.raises(ValidationError, match="SLICE_TOLERANCES has no tolerance for f1"):
+        Settings(release_slice_tolerances={"roc_auc": 0.05})
+    assert set(Settings().release_tolerances) == set(Settings().release_slice_tolerances) == {"roc_auc", "f1"}
