@@ -584,9 +584,12 @@ class Demo:
             raise DemoError(f"{name} in shadow", f"the offline gate said {trained.outcome}: {trained.reason}")
         return trained
 
-    def release_outcome(self, version: str, ends: tuple[str, ...], step: str, timeout: float) -> dict:
+    def release_outcome(
+        self, version: str, ends: tuple[str, ...], expected: str, step: str, timeout: float
+    ) -> dict:
         """The release controller's outcome for ``version`` once it is one of ``ends`` (rejected, promoted,
-        rolled_back, done, ended: services/retrainer/release.py)."""
+        rolled_back, done, ended: services/retrainer/release.py); a DemoError at ``step`` unless it is
+        ``expected``."""
         settings = self.settings
 
         def decided() -> dict | None:
@@ -595,9 +598,12 @@ class Demo:
                 (o for o in reversed(outcomes) if o["version"] == version and o["outcome"] in ends), None
             )
 
-        return self.wait(
+        outcome = self.wait(
             step, decided, timeout, hint="`sandbox release status` says what the controller waits for"
         )
+        if outcome["outcome"] != expected:
+            raise DemoError(step, f"v{version} ended {outcome['outcome']}: {outcome['reason']}")
+        return outcome
 
     def bad_release(self) -> None:
         """A version trained on broken labels: it passes the offline gate (whose holdout has the same bug)."""
@@ -613,14 +619,10 @@ class Demo:
         settings, bad, v1 = self.settings, self.bad_version, self.result.champion_before
         self.on_status(f"v{bad} in shadow: waiting for the live gate on paired labelled rows...")
         decision = self.release_outcome(
-            bad, GATE_ENDS, "live gate decides", settings.release_shadow_deadline_seconds + 60
+            bad, GATE_ENDS, "rejected", "live gate rejects", settings.release_shadow_deadline_seconds + 60
         )
-        if decision.get("outcome") != "rejected":
-            raise DemoError(
-                "live gate rejects", f"v{bad} was {decision.get('outcome')}: {decision.get('reason')}"
-            )
-        self.result.live_gate = decision.get("reason")
-        at = self.timeline.add("live gate rejects", f"v{bad}: {decision.get('reason')}")
+        self.result.live_gate = decision["reason"]
+        at = self.timeline.add("live gate rejects", f"v{bad}: {decision['reason']}")
         self.result.shadow_s = round(at - self.shadow_at, 1)
         self.result.time_to_recover_s = round(at - self.incident_at, 1)
         after = (champion(settings) or {}).get("version")
@@ -648,15 +650,11 @@ class Demo:
         )
         self.on_status(f"v{late} in shadow: no overseas traffic yet, the live gate judges today's regions...")
         decision = self.release_outcome(
-            late, GATE_ENDS, "live gate promotes", settings.release_shadow_deadline_seconds + 60
+            late, GATE_ENDS, "promoted", "live gate promotes", settings.release_shadow_deadline_seconds + 60
         )
-        if decision.get("outcome") != "promoted":
-            raise DemoError(
-                "live gate promotes", f"v{late} was {decision.get('outcome')}: {decision.get('reason')}"
-            )
         in_shadow = time.time() - shadow_at  # shadow_s stays the first act's (the rejection's)
         self.promoted_at = self.timeline.add(
-            "live gate promotes", f"v{late} after {in_shadow:.0f}s in shadow: {decision.get('reason')}"
+            "live gate promotes", f"v{late} after {in_shadow:.0f}s in shadow: {decision['reason']}"
         )
         # The launch starts once the new champion serves, so its rows reach the new version only.
         self.wait("serving swaps to the late version", lambda: served_version(settings) == late, 120)
@@ -670,14 +668,12 @@ class Demo:
         """The bake sees the new region's live quality collapse and moves the champion back by itself."""
         settings, late, v1 = self.settings, self.late_version, self.result.champion_before
         self.on_status(f"v{late} bakes: live quality per region watched against v{v1}...")
-        outcome = self.release_outcome(
-            late, BAKE_ENDS, "bake rolls back", settings.release_bake_seconds + 120
-        )
-        self.control.switch("none")  # the launch pauses until its label join is fixed
-        if outcome["outcome"] != "rolled_back":
-            raise DemoError(
-                "bake rolls back", f"v{late}'s bake ended {outcome['outcome']}: {outcome['reason']}"
+        try:
+            outcome = self.release_outcome(
+                late, BAKE_ENDS, "rolled_back", "bake rolls back", settings.release_bake_seconds + 120
             )
+        finally:
+            self.control.switch("none")  # the launch pauses until its label join is fixed
         at = self.timeline.add("rolled back", f"v{late}: {outcome['reason']}", at=outcome["at"])
         self.result.rollback = outcome["reason"]
         self.result.bake_s = round(at - self.promoted_at, 1)

@@ -98,7 +98,7 @@ class DriftResult:
 
 def prepare(frame: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
     """The schema's columns with stable dtypes: numeric as float (junk -> NaN), categories as str or None."""
-    out = pd.DataFrame(index=frame.index)
+    out = {}
     for feature in schema.features:
         column = (
             frame[feature.name] if feature.name in frame.columns else pd.Series(np.nan, index=frame.index)
@@ -106,10 +106,8 @@ def prepare(frame: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
         if feature.is_numeric:
             out[feature.name] = pd.to_numeric(column, errors="coerce").astype(float)
         else:
-            out[feature.name] = (
-                column.astype(object).where(column.notna(), None).map(lambda v: v if v is None else str(v))
-            )
-    return out
+            out[feature.name] = column.astype(str).astype(object).where(column.notna(), None)
+    return pd.DataFrame(out, index=frame.index)
 
 
 def evaluate_drift(
@@ -121,6 +119,7 @@ def evaluate_drift(
     max_missing_increase: float = DEFAULT_MAX_MISSING_INCREASE,
     model_version: str | None = None,
     thresholds: Mapping[str, float] | None = None,
+    prepared: bool = False,
 ) -> DriftResult:
     """The data drift preset's per-column tests over the schema's features, plus the missing-share check.
 
@@ -130,6 +129,8 @@ def evaluate_drift(
     The verdict is ``drift`` when at least ``min_drifted_features`` features are flagged.
     ``thresholds`` replaces the threshold of a test by its Evidently name (``{"wasserstein": 0.15}``);
     the test itself is still Evidently's choice, and a test not named keeps its default.
+    ``prepared``: both frames come from :func:`prepare` already (the monitor prepares a window once
+    for this and the data-quality checks, and a reference once a version).
     """
     reference_rows = 0 if reference is None else len(reference)
     base = dict(
@@ -139,12 +140,13 @@ def evaluate_drift(
         return DriftResult(verdict=INSUFFICIENT, **base)
     if reference is None or reference.empty:
         raise ValueError("the reference sample is empty")
-    cur, ref = prepare(current, schema), prepare(reference, schema)
+    cur, ref = (current, reference) if prepared else (prepare(current, schema), prepare(reference, schema))
     testable = testable_columns(cur, ref, schema)
     evidently_drift = column_tests(cur[testable], ref[testable], schema, thresholds) if testable else {}
     features = {}
+    missing_now, missing_before = cur.isna().mean(), ref.isna().mean()  # a frame at a time: fast
     for name in schema.names:
-        missing, ref_missing = float(cur[name].isna().mean()), float(ref[name].isna().mean())
+        missing, ref_missing = float(missing_now[name]), float(missing_before[name])
         rose = missing - ref_missing > max_missing_increase
         found = evidently_drift.get(name)
         if found is None:  # no values on one side: only the missing share can speak
@@ -165,7 +167,8 @@ def evaluate_drift(
 
 def testable_columns(current: pd.DataFrame, reference: pd.DataFrame, schema: FeatureSchema) -> list[str]:
     """Features with values on both sides (Evidently fails on a column with none)."""
-    return [n for n in schema.names if current[n].notna().any() and reference[n].notna().any()]
+    now, before = current[schema.names].notna().any(), reference[schema.names].notna().any()
+    return [n for n in schema.names if now[n] and before[n]]
 
 
 def column_tests(
@@ -204,7 +207,9 @@ def column_tests(
 
 
 def _values(column: pd.Series) -> pd.Series:
-    return column.replace([np.inf, -np.inf], np.nan).dropna()
+    if column.dtype == object:  # categories: str or None
+        return column.dropna()
+    return column[np.isfinite(column.to_numpy())]
 
 
 def run_preset(

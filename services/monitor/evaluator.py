@@ -23,7 +23,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from pipelines.features import LOAN_SCHEMA, FeatureSchema
 from sandbox.settings import Settings
-from services.monitor.drift import drift_report_html, live_quality, load_reference, rows_of_latest_version
+from services.monitor.drift import (
+    drift_report_html,
+    live_quality,
+    load_reference,
+    prepare,
+    rows_of_latest_version,
+)
 from services.monitor.drift import evaluate_drift as run_drift
 from services.monitor.quality import Profile, QualityResult, QualityThresholds, evaluate_quality, profile
 from services.monitor.store import RecordStore
@@ -185,7 +191,8 @@ class Monitor:
         self.schema = schema
         self.reference_loader = reference_loader
         self.thresholds = QualityThresholds.from_settings(settings)
-        self._profiles: dict[str, tuple[int, Profile]] = {}  # version -> (id of its reference, profile)
+        # version -> (id of its reference frame, the frame prepared, its profile)
+        self._references: dict[str, tuple[int, pd.DataFrame, Profile]] = {}
         self.last_evaluated_at: float | None = None  # records received by then have been judged
         self.report_path = config.database(settings).parent / "reports" / "latest.html"
         self.lock = threading.Lock()
@@ -229,13 +236,17 @@ class Monitor:
         started, now = time.monotonic(), time.time()
         window = self.store.window(cfg.window_rows, cfg.window_seconds, now=now)
         version, rows = rows_of_latest_version(window)
-        reference = None
+        reference = prepared_reference = reference_profile = None
         if version is not None and len(rows) >= cfg.min_rows:
             reference = self.reference_loader(self.settings.mlflow_uri, self.settings.model_name, version)
+            prepared_reference, reference_profile = self._reference(version, reference)
+        # Prepared once for both the drift verdict and the data-quality checks.
+        prepared_rows = prepare(rows, self.schema)
         result = run_drift(
-            rows, reference, self.schema, cfg.min_rows, model_version=version, thresholds=cfg.drift_thresholds
-        )
-        data_quality, since, by_reason = self._data_quality(window, rows, version, reference, now)
+            prepared_rows, prepared_reference, self.schema, cfg.min_rows, model_version=version,
+            thresholds=cfg.drift_thresholds, prepared=True,
+        )  # fmt: skip
+        data_quality, since, by_reason = self._data_quality(window, prepared_rows, reference_profile, now)
         labelled = self.store.labelled(cfg.quality_window_rows, cfg.quality_window_seconds, now=now)
         if version is not None:
             labelled = labelled[labelled["model_version"].astype(str) == version]
@@ -277,7 +288,9 @@ class Monitor:
         )  # fmt: skip
         return summary
 
-    def _data_quality(self, window, rows, version, reference, now) -> tuple[QualityResult, float, dict]:
+    def _data_quality(
+        self, window, rows, reference: Profile | None, now
+    ) -> tuple[QualityResult, float, dict]:
         """The checks on this version's rows, with the rejected rows of the window's time span.
 
         The span starts at the window's oldest record when the window is full, else it is the whole
@@ -290,29 +303,30 @@ class Monitor:
         by_reason = self.store.rejected_counts(since)
         found = evaluate_quality(
             rows,
-            self._profile(version, reference),
+            reference,
             self.schema,
             self.thresholds,
             min_rows=cfg.min_rows,
             rejected=sum(by_reason.values()),
             valid_in_span=len(window),
             rejected_by_reason=by_reason,
+            prepared=True,
         )
         if found.ok is False:
             self.store.mark_quality_failed(since, now, sorted({f.check for f in found.failed}))
             log.warning("data quality failed: %s", "; ".join(f.message for f in found.failed))
         return found, since, by_reason
 
-    def _profile(self, version: str | None, reference: pd.DataFrame | None) -> Profile | None:
-        """The reference's profile, computed once a version (the loader caches the frame)."""
-        if version is None or reference is None or reference.empty:
-            return None
-        known = self._profiles.get(version)
+    def _reference(self, version: str, reference: pd.DataFrame) -> tuple[pd.DataFrame, Profile | None]:
+        """The reference prepared and its profile, computed once a version (the loader caches the frame)."""
+        known = self._references.get(version)
         if known is None or known[0] != id(reference):
-            if len(self._profiles) >= 16:
-                self._profiles.clear()
-            known = self._profiles[version] = (id(reference), profile(reference, self.schema))
-        return known[1]
+            if len(self._references) >= 16:
+                self._references.clear()
+            prepared = prepare(reference, self.schema)
+            found = None if reference.empty else profile(reference, self.schema)
+            known = self._references[version] = (id(reference), prepared, found)
+        return known[1], known[2]
 
     def _export_quality(self, found: QualityResult) -> None:
         m = self.metrics

@@ -332,6 +332,7 @@ def evaluate_quality(
     rejected: int = 0,
     valid_in_span: int | None = None,
     rejected_by_reason: dict[str, int] | None = None,
+    prepared: bool = False,
 ) -> QualityResult:
     """Every check on ``current`` (one version's rows) against its reference's profile.
 
@@ -339,6 +340,7 @@ def evaluate_quality(
     differ from any reference by chance). The rejected share runs when ``rejected + valid_in_span``
     (all rows received in the window's time span, every version) reach ``min_rows``, so a flood
     of rejections with hardly a valid row is still judged. ``ok`` is None when neither ran.
+    ``prepared``: ``current`` comes from :func:`prepare` already.
     """
     valid = len(current) if valid_in_span is None else valid_in_span
     total = rejected + valid
@@ -347,7 +349,7 @@ def evaluate_quality(
     )
     t = thresholds
     if len(current) >= min_rows and reference is not None:
-        cur = prepare(current, schema)
+        cur = current if prepared else prepare(current, schema)
         shares = evidently_counts(cur, reference, schema)
         result.failed += check_missing(shares, reference, schema, t.max_missing_increase)
         result.failed += check_out_of_range(shares, reference, schema, t.max_out_of_range_share)

@@ -348,12 +348,15 @@ class ReleaseController:
 
     def _load(self) -> ReleaseState:
         try:
-            return ReleaseState.from_dict(json.loads(self.path.read_text()))
+            state = ReleaseState.from_dict(json.loads(self.path.read_text()))
         except FileNotFoundError:
+            log.info("no release state at %s yet: starting idle", self.path)
             return ReleaseState()
         except (ValueError, TypeError) as exc:  # a file cut short: start idle, say so
             log.error("release state %s unreadable (%s): starting idle", self.path, exc)
             return ReleaseState()
+        log.info("release state resumed from %s: %s since %s", self.path, state.phase, state.since)
+        return state
 
     def _save(self, state: ReleaseState) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -51,8 +51,9 @@ def loop(mlflow_server, tmp_path_factory):
     procs = {"retrainer": None}
 
     def start_retrainer():
+        # appended: a restart keeps the killed process's log, the first place to look when a test fails
         procs["retrainer"] = start("services.retrainer.app:create_app", int(env["SANDBOX_RETRAINER_PORT"]), env,
-                                   home / "retrainer.log")  # fmt: skip
+                                   home / "retrainer.log", append=True)  # fmt: skip
         assert wait_until(lambda: httpx.get(f"{retrainer_url}/healthz", timeout=2).status_code == 200, 120)
 
     def kill_retrainer():
@@ -123,7 +124,9 @@ def test_a_good_challenger_goes_through_shadow_and_bake_and_a_kill_resumes_each_
     assert shadow["challenger"] == v2 and shadow["champion"] == loop["v1"]
     kill()  # in shadow: the restart resumes it
     start_again()
-    assert release(loop)["phase"] == "shadow" and release(loop)["since"] == shadow["since"]
+    resumed = release(loop)
+    assert resumed["phase"] == "shadow" and resumed["since"] == shadow["since"], (
+        resumed, (loop["home"] / "retrainer.log").read_text()[-4000:])  # fmt: skip
     bake = wait_phase(loop, "bake")
     assert bake["champion"] == v2 and bake["previous"] == loop["v1"]
     tags = client.get_model_version(LOOP_MODEL, v2).tags

@@ -20,10 +20,10 @@ pytestmark = pytest.mark.integration
 MODEL = "retrain-it"
 
 
-def start(app: str, port: int, env: dict, log_path) -> subprocess.Popen:
+def start(app: str, port: int, env: dict, log_path, append: bool = False) -> subprocess.Popen:
     """A service as the stack runs it: ``uvicorn <app> --factory`` on 127.0.0.1:``port``."""
     cmd = [venv_bin("uvicorn"), app, "--factory", "--host", "127.0.0.1", "--port", str(port)]
-    return start_process_group(cmd, log_path, env)
+    return start_process_group(cmd, log_path, env, append=append)
 
 
 def notification(fingerprint: str, status: str = "firing") -> dict:

@@ -153,3 +153,19 @@ def test_the_demo_cli_runs_each_story_with_its_own_settings(monkeypatch, tmp_pat
     for story in ("covariate-shift", "bad-release"):
         assert CliRunner().invoke(app, ["demo", "--story", story]).exit_code == 0
     assert seen == {"covariate-shift": 30, "bad-release": 60}
+
+
+def test_a_bake_that_ends_otherwise_than_rolled_back_fails_its_step_and_pauses_the_launch(
+    tmp_path, monkeypatch
+):
+    from sandbox import demo as demo_module
+    from sandbox.demo import LAUNCH, Demo, DemoError, Timeline
+
+    outcomes = [{"version": "3", "outcome": "done", "reason": "baked 60s with no degradation", "at": 1.0}]
+    monkeypatch.setattr(demo_module, "release_status", lambda settings: {"outcomes": outcomes})
+    demo = Demo(demo_settings(Settings(home=tmp_path, prometheus_port=1), story="bad-release"), Timeline())
+    demo.late_version, demo.result.champion_before = "3", "1"
+    demo.control.switch(LAUNCH, 1.0)
+    with pytest.raises(DemoError, match="^bake rolls back: v3 ended done: baked 60s") as raised:
+        demo.rolled_back()
+    assert raised.value.step == "bake rolls back" and demo.control.scenario == "none"

@@ -105,6 +105,24 @@ def test_all_missing_column_does_not_break_the_evaluation(reference):
     assert result.features["income"].missing_share == 1.0
 
 
+def test_prepare_gives_floats_and_str_or_none_and_a_prepared_window_judges_the_same(reference):
+    raw = apply_scenario(generate_loans(WINDOW, seed=8), "missing_values", 1.0)
+    raw["age"] = raw["age"].astype(object)
+    raw.loc[raw.index[:3], "age"] = ["junk", None, "41"]  # what a store row may hold
+    raw["region"] = raw["region"].astype(object)
+    raw.loc[raw.index[:2], "region"] = [7, float("nan")]
+    raw.loc[raw.index[::4], "purpose"] = None
+    window = prepare(raw, LOAN_SCHEMA)
+    assert (
+        window["age"].dtype == float and math.isnan(window["age"].iloc[0]) and window["age"].iloc[2] == 41.0
+    )
+    assert window["region"].iloc[0] == "7" and window["region"].iloc[1] is None
+    assert {type(v) for v in window["purpose"]} <= {str, type(None)} and window["purpose"].isna().any()
+    prepared = evaluate_drift(window, prepare(reference, LOAN_SCHEMA), LOAN_SCHEMA, prepared=True)
+    assert prepared == evaluate_drift(raw, reference, LOAN_SCHEMA)
+    assert prepared.drifted_features  # the scenario's missing values are seen either way
+
+
 def test_small_reference_switches_to_p_value_tests():
     reference = generate_loans(800, seed=8)  # at most 1,000 reference rows: K-S and chi-square
     result = evaluate_drift(generate_loans(1_000, seed=9), reference, LOAN_SCHEMA)
