@@ -81,7 +81,7 @@ class Observation:
     paired_rows: int = 0  # shadow: labelled rows the champion answered with the challenger in shadow
     gate: dict | None = None  # shadow: the live gate on those rows (LiveGateResult.to_dict()), once enough
     serving: dict | None = None  # {"error_rate": float | None, "p99_seconds": float | None}
-    quality: dict | None = None  # bake: the champion's live quality, see live_quality()
+    quality: dict | None = None  # bake: the champion's live quality, see bake_quality()
 
 
 # --- the policy, pure -----------------------------------------------------------------------------
@@ -281,9 +281,10 @@ def paired_evidence(records: list[dict], champion: str, challenger: str, s: Sett
     return len(frame), gate.to_dict()
 
 
-def live_quality(records: list[dict], version: str, slice_by: str | None, confidence: float) -> dict:
-    """The labelled rows ``version`` answered: roc_auc overall and per slice, each with the upper end
-    of its ``confidence`` interval (``roc_auc_high``) and its row count."""
+def bake_quality(records: list[dict], version: str, slice_by: str | None, confidence: float) -> dict:
+    """The bake's evidence, the labelled rows ``version`` answered: roc_auc overall and per slice,
+    each with the upper end of its ``confidence`` interval (``roc_auc_high``) and its row count.
+    (The monitor's ``live_quality`` is another figure: accuracy and f1 over its labelled window.)"""
     frame = _frame(records)
     if frame.empty:
         return {"rows": 0, "overall": {}, "slices": {}}
@@ -402,7 +403,7 @@ class ReleaseController:
             return Observation(champion, challenger, paired_rows=rows, gate=gate, serving=serving)
         if state.phase == BAKE and champion == state.champion:
             records = self._records(model_version=champion, since=state.since)
-            quality = live_quality(records, champion, self.slice_by, self.settings.release_confidence)
+            quality = bake_quality(records, champion, self.slice_by, self.settings.release_confidence)
             return Observation(champion, challenger, serving=self.serving_figures(), quality=quality)
         return Observation(champion, challenger)
 

@@ -14,7 +14,7 @@ from services.retrainer.release import (
     Observation,
     ReleaseState,
     bake_degradation,
-    live_quality,
+    bake_quality,
     paired_evidence,
     transition,
 )
@@ -234,7 +234,7 @@ def test_evidence_from_records_pairs_only_rows_both_versions_answered():
     rows, gate = paired_evidence(records, "1", "2", S, "region")
     assert rows == 150 and gate is not None and gate["rows"] == 150 and "region=north" in gate["slices"]
     assert paired_evidence(records[:50], "1", "2", S, "region") == (50, None)
-    quality = live_quality(records, "1", "region", 0.95)
+    quality = bake_quality(records, "1", "region", 0.95)
     assert quality["rows"] == 151 and quality["slices"]["region=north"]["rows"] == 151  # not v9's
 
 
@@ -251,7 +251,7 @@ def auc_of(y: np.ndarray, prob: np.ndarray) -> float:
 def bake_verdict(y: np.ndarray, prob: np.ndarray, before: float) -> str | None:
     records = [{"model_version": "2", "label": int(t), "probability": float(p), "features": {"region": "north"}}
                for t, p in zip(y, prob, strict=True)]  # fmt: skip
-    quality = live_quality(records, "2", "region", S.release_confidence)
+    quality = bake_quality(records, "2", "region", S.release_confidence)
     quality["rows"] = 0  # the overall rule needs release_min_paired_rows: judge the slice alone here
     baseline = {"quality": {"overall": {"roc_auc": before}, "slices": {"region=north": {"roc_auc": before}}}}
     return bake_degradation(baseline, None, quality, S)
