@@ -356,7 +356,8 @@ class Demo:
         finally:
             self.stop_traffic()
         try:
-            alert = QUALITY_ALERT if self.story == "upstream-bug" else ALERT
+            # The alert the story turns on: the report plots its state.
+            alert = {"upstream-bug": QUALITY_ALERT, "bad-release": ROLLBACK_ALERT}.get(self.story, ALERT)
             self.result.report = str(write_report(self.settings, self.timeline, self.result, alert=alert))
         except (httpx.HTTPError, OSError, KeyError, ValueError) as exc:  # the story stands without its plots
             self.timeline.add("report failed", str(exc)[:200])

@@ -169,3 +169,25 @@ def test_a_bake_that_ends_otherwise_than_rolled_back_fails_its_step_and_pauses_t
     with pytest.raises(DemoError, match="^bake rolls back: v3 ended done: baked 60s") as raised:
         demo.rolled_back()
     assert raised.value.step == "bake rolls back" and demo.control.scenario == "none"
+
+
+@pytest.mark.parametrize(
+    "story, alert",
+    [("covariate-shift", "DataDriftDetected"), ("upstream-bug", "DataQualityDegraded"),
+     ("bad-release", "ModelRolledBack")],
+)  # fmt: skip
+def test_the_report_plots_the_alert_its_story_turns_on(tmp_path, monkeypatch, story, alert):
+    from sandbox import demo as demo_module
+    from sandbox.demo import Demo, Timeline
+
+    plotted = []
+    monkeypatch.setattr(
+        demo_module,
+        "write_report",
+        lambda settings, timeline, result, alert: plotted.append(alert) or "r.html",
+    )
+    demo = Demo(
+        demo_settings(Settings(home=tmp_path, prometheus_port=1), story=story), Timeline(), story=story
+    )
+    monkeypatch.setattr(demo, "steps", lambda: [])
+    assert demo.run().report == "r.html" and plotted == [alert]
