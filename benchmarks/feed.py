@@ -136,9 +136,12 @@ def start_monitor(tmp: Path, port: int, tracking_uri: str) -> Server:
 
 
 def wait_delivered(base: str, served: int, timeout: float) -> tuple[dict, float]:
-    """Poll serving's feed counters until sent + dropped covers every served record (bounded)."""
+    """Poll serving's feed counters until sent + dropped covers every served record and they stopped
+    moving (bounded): requests in flight when the load generator stops are served, fed and stored,
+    but not in its count, so "covers" alone could read the counters before their batch is acknowledged."""
     started = time.monotonic()
     counts: dict = {}
+    last = None
     while time.monotonic() - started < timeout:
         counts = feed_metrics(base)
         done = (
@@ -146,9 +149,10 @@ def wait_delivered(base: str, served: int, timeout: float) -> tuple[dict, float]
             + counts.get("dropped_undeliverable", 0)
             + counts.get("dropped_queue_full", 0)
         )
-        if done >= served:
+        if done >= served and counts == last:
             break
-        time.sleep(0.5)
+        last = counts
+        time.sleep(1.0)  # twice the feed's flush interval: a batch on its way shows by the next poll
     return counts, time.monotonic() - started
 
 

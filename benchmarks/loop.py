@@ -9,10 +9,13 @@ Prints per run: completed, time to detect / retrain / shadow / recover / bake, r
 requests, the failed step; then the success rate and the worst recovery. Targets on a 2-core
 machine: 5 of 5 with ``--busy-cores 1``, 0 failed requests in every run, recovery under 180 s in
 every run. ``--story bad-release`` tries that story instead (its "recover" is the live gate's
-rejection; "bake" and "rollback" are the late regression's).
+rejection; "bake" and "rollback" are the late regression's). ``--same-home``: every run on one state
+dir with the stack left running between runs, as `make demo` typed twice (each run starts by moving
+the earlier run's state aside).
 
     .venv/bin/python benchmarks/loop.py --runs 5 --busy-cores 1
     .venv/bin/python benchmarks/loop.py --runs 3 --busy-cores 1 --story bad-release
+    .venv/bin/python benchmarks/loop.py --runs 3 --busy-cores 1 --same-home
 """
 
 from __future__ import annotations
@@ -48,10 +51,19 @@ def spin(seconds: float) -> None:
         pass
 
 
-def one_run(index: int, busy_cores: int, timeout: float, keep: Path | None, story: str) -> dict:
-    home = Path(tempfile.mkdtemp(prefix=f"loop-{index}-"))
+def stack_env(home: Path) -> dict[str, str]:
     env = {**os.environ, "SANDBOX_HOME": str(home), "COLUMNS": "160"}
     env.update({f"SANDBOX_{name.upper()}_PORT": str(free_port()) for name in SERVICES})
+    return env
+
+
+def one_run(
+    index: int, busy_cores: int, timeout: float, keep: Path | None, story: str, env: dict | None = None
+) -> dict:
+    """One demo; on ``env``'s stack (left running) when given, else on a fresh one it stops and removes."""
+    own = env is None
+    env = env or stack_env(Path(tempfile.mkdtemp(prefix=f"loop-{index}-")))
+    home = Path(env["SANDBOX_HOME"])
     hogs = [multiprocessing.Process(target=spin, args=(timeout,), daemon=True) for _ in range(busy_cores)]
     for hog in hogs:
         hog.start()
@@ -71,14 +83,16 @@ def one_run(index: int, busy_cores: int, timeout: float, keep: Path | None, stor
     finally:
         for hog in hogs:
             hog.kill()
-        subprocess.run([SANDBOX, "down"], env=env, capture_output=True, timeout=120)
+        if own:
+            subprocess.run([SANDBOX, "down"], env=env, capture_output=True, timeout=120)
         if keep is not None:
             keep.mkdir(parents=True, exist_ok=True)
             for report in (home / "reports").glob("demo-*.html"):
                 shutil.copy(report, keep / f"run{index}-{report.name}")
             if (home / "logs").is_dir():
                 shutil.copytree(home / "logs", keep / f"run{index}-logs", dirs_exist_ok=True)
-        shutil.rmtree(home, ignore_errors=True)
+        if own:
+            shutil.rmtree(home, ignore_errors=True)
     summary["seconds"] = round(time.monotonic() - started, 1)
     return summary
 
@@ -90,17 +104,22 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1500, help="seconds one run may take")
     parser.add_argument("--keep", type=Path, help="copy each run's report and logs here")
     parser.add_argument("--story", default="covariate-shift", help="the demo's story (`sandbox demo --help`)")
+    parser.add_argument("--same-home", action="store_true", help="all runs on one state dir, stack left up")
     args = parser.parse_args()
     if not 1 <= args.runs <= 20 or not 0 <= args.busy_cores <= os.cpu_count():
         parser.error(f"--runs must be 1..20 and --busy-cores 0..{os.cpu_count()}")
     results = []
+    shared = stack_env(Path(tempfile.mkdtemp(prefix="loop-same-"))) if args.same_home else None
     with Progress(TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as progress:
         task = progress.add_task("")
         for index in range(1, args.runs + 1):
             progress.update(task, description=f"run {index}/{args.runs} (busy cores {args.busy_cores})")
-            result = one_run(index, args.busy_cores, args.timeout, args.keep, args.story)
+            result = one_run(index, args.busy_cores, args.timeout, args.keep, args.story, shared)
             results.append(result)
             progress.console.print(f"run {index}: {json.dumps(result)}")
+    if shared:
+        subprocess.run([SANDBOX, "down"], env=shared, capture_output=True, timeout=120)
+        shutil.rmtree(shared["SANDBOX_HOME"], ignore_errors=True)
     table = Table(
         "run",
         "completed",
@@ -132,7 +151,8 @@ def main() -> None:
         f"0 failed requests in every run: {clean}; worst recovery {max(recoveries, default=None)} s "
         f"(all under {RECOVERY_TARGET_S:.0f} s: {in_time})"
     )
-    print(json.dumps({"runs": results, "busy_cores": args.busy_cores, "story": args.story}))
+    print(json.dumps({"runs": results, "busy_cores": args.busy_cores, "story": args.story,
+                      "same_home": args.same_home}))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -163,11 +163,10 @@ def retraining_done(settings: Settings, run_id: str) -> dict | None:
     return record if record and record["state"] != "shadow" else None
 
 
-def records_answered_by(settings: Settings, version: str) -> int:
-    """Rows the monitor holds that ``version`` answered (a version in shadow answers none)."""
-    page = httpx.get(
-        f"{settings.monitor_url}/api/records", params={"model_version": version, "limit": 1}, timeout=10
-    )
+def records_count(settings: Settings, limit: int = 1, **params) -> int:
+    """Records the monitor holds that match ``params`` (``model_version``, ``since``...), counted up to
+    ``limit``: the count of one page of the latest records, enough to tell "none", "some" or "enough"."""
+    page = httpx.get(f"{settings.monitor_url}/api/records", params={**params, "limit": limit}, timeout=30)
     page.raise_for_status()
     return page.json()["count"]
 
@@ -371,6 +370,10 @@ class Demo:
             missing := local_stack.missing_monitoring()
         ):  # the story waits on alerts: say so now, not at a timeout
             raise DemoError("stack up", local_stack.missing_monitoring_message(missing))
+        if moved := local_stack.move_state_aside(self.settings):  # every story starts with no champion
+            self.timeline.add(
+                "fresh state", f"an earlier run's state moved to {moved} (`make clean` removes it)"
+            )
         try:
             local_stack.up(
                 self.settings,
@@ -391,7 +394,7 @@ class Demo:
         if not trained.promoted:
             raise DemoError(
                 "train v1",
-                f"the gate kept the old champion: {trained.reason} (`make clean` starts afresh)",
+                f"the gate kept the old champion: {trained.reason}",
             )
         v1 = self.result.champion_before = trained.model_version
         self.timeline.add("v1 champion", f"v{v1}, {trained.reason}")
@@ -628,9 +631,9 @@ class Demo:
         self.result.time_to_recover_s = round(at - self.incident_at, 1)
         after = (champion(settings) or {}).get("version")
         self.result.champion_after = after
-        answered = records_answered_by(settings, bad)
+        answered = records_count(settings, model_version=bad)  # a version in shadow answers none
         if after != v1 or answered:
-            raise DemoError("champion unchanged", f"champion v{after}; v{bad} answered {answered} rows")
+            raise DemoError("champion unchanged", f"champion v{after}; v{bad} answered clients")
         self.timeline.add("champion unchanged", f"v{v1}; v{bad} answered no client")
 
     def late_regression(self) -> None:

@@ -393,6 +393,32 @@ def clear_stale_state(settings: Settings) -> int:
     return killed
 
 
+# What a stack leaves in its home that a later story must not inherit: the registry, the records,
+# the retrainer's journal and release state, the TSDB, the notifications. Kept in place: the reports
+# people open, the kind cluster's files, supervisord's own runtime directory and earlier moves.
+KEPT_IN_HOME = ("reports", "kind", "supervisor", "past-runs")
+
+
+def move_state_aside(settings: Settings) -> Path | None:
+    """Stop the stack and move its state to ``<home>/past-runs/<UTC time>/``; None when there is none.
+
+    The demo starts every story from an empty registry: a champion left by an earlier run would
+    stand in the way of its v1 (the gate keeps it), and the retrainer's cooldown would hold its
+    retraining. Moved, not deleted: ``make clean`` removes it.
+    """
+    home = settings.home
+    leftovers = [p for p in sorted(home.iterdir()) if p.name not in KEPT_IN_HOME] if home.is_dir() else []
+    if not any((home / name).exists() for name in ("mlflow", "monitor", "retrainer")):
+        return None
+    down(settings)
+    target = home / "past-runs" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target.mkdir(parents=True, exist_ok=True)
+    for path in leftovers:
+        shutil.move(path, target / path.name)
+    log.info("moved the state of an earlier run to %s", target)
+    return target
+
+
 def port_owner(host: str, port: int) -> str | None:
     """A description of whoever listens on ``host:port``, or None when the port is free."""
     import socket

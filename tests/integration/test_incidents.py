@@ -18,7 +18,6 @@ asserts the outcome of each incident from the outside as well:
 import shutil
 import time
 
-import httpx
 import pytest
 
 from sandbox import local_stack, status
@@ -29,7 +28,7 @@ from sandbox.demo import (
     Timeline,
     demo_settings,
     paged_since,
-    records_answered_by,
+    records_count,
     retraining_since,
 )
 from sandbox.local_stack import alertmanager_binary
@@ -142,21 +141,14 @@ def test_4_bad_releases_one_rejected_live_one_rolled_back_in_its_bake(demo):
     demo.rolled_back()  # the bake rolls it back, serving swaps back, ModelRolledBack fires
     assert "slice region=overseas" in demo.result.rollback, demo.result.rollback
     assert status.champion(settings)["version"] == v1 and status.served_version(settings) == v1
-    assert records_answered_by(settings, late) > 0  # it did serve: this was a rollback, not a rejection
+    assert (
+        records_count(settings, model_version=late) > 0
+    )  # it did serve: this was a rollback, not a rejection
     client = MlflowClient(settings.mlflow_uri)
     version = client.get_model_version(settings.model_name, late)
     assert "region=overseas" in version.tags["rolled_back"]
     assert version.tags["gate.live.decision"] == "promoted"
     assert client.get_model_version_by_alias(settings.model_name, "previous").version == v1
-
-
-def rows_received_since(settings: Settings, since: float, enough: int) -> int:
-    """Records the monitor received since ``since``, counted up to ``enough`` (its page's limit)."""
-    page = httpx.get(
-        f"{settings.monitor_url}/api/records", params={"since": since, "limit": enough}, timeout=30
-    )
-    page.raise_for_status()
-    return page.json()["count"]
 
 
 def test_5_a_covariate_shift_retrains_and_promotes(demo):
@@ -169,7 +161,7 @@ def test_5_a_covariate_shift_retrains_and_promotes(demo):
     demo.wait(
         "the retraining window holds clean traffic only",
         lambda: (
-            rows_received_since(settings, clean_since, settings.retrain_production_rows)
+            records_count(settings, settings.retrain_production_rows, since=clean_since)
             >= settings.retrain_production_rows
         ),
         240,

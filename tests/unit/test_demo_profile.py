@@ -191,3 +191,23 @@ def test_the_report_plots_the_alert_its_story_turns_on(tmp_path, monkeypatch, st
     )
     monkeypatch.setattr(demo, "steps", lambda: [])
     assert demo.run().report == "r.html" and plotted == [alert]
+
+
+def test_an_earlier_runs_state_is_moved_aside_not_deleted(tmp_path, monkeypatch):
+    from sandbox import local_stack
+
+    settings = Settings(home=tmp_path)
+    assert local_stack.move_state_aside(settings) is None  # a fresh home: nothing to move
+    stopped = []
+    monkeypatch.setattr(local_stack, "down", lambda s: stopped.append(s.home))
+    for name in ("mlflow/mlflow.db", "monitor/monitor.db", "retrainer/release.json", "logs/serving.log",
+                 "reports/demo-1.html", "kind/state", "incidents.jsonl"):  # fmt: skip
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(name)
+    moved = local_stack.move_state_aside(settings)
+    assert stopped == [tmp_path] and moved.parent == tmp_path / "past-runs"
+    assert (moved / "mlflow" / "mlflow.db").read_text() == "mlflow/mlflow.db"
+    assert (moved / "incidents.jsonl").exists() and (moved / "logs" / "serving.log").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kind", "past-runs", "reports"]
+    assert (tmp_path / "reports" / "demo-1.html").exists()  # what people open stays where it was
+    assert local_stack.move_state_aside(settings) is None  # moved once: the next start is fresh

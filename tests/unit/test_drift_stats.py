@@ -36,6 +36,7 @@ def test_the_demo_uses_the_measured_sizes():
     assert {k: DEMO_OVERRIDES[k] for k in RECOMMENDED_DEMO} == RECOMMENDED_DEMO
 
 
+@pytest.mark.slow  # hundreds of resampled verdicts a case: ~30 s of CPU in all, in make test
 @pytest.mark.parametrize("case", loop_cases(), ids=lambda c: c.label)
 def test_false_alarms_per_verdict_stay_under_one_percent(case):
     # Window and reference from one distribution (clean for v1; for v2 also each incident's, since
@@ -64,6 +65,7 @@ def test_false_alarms_per_verdict_stay_under_one_percent(case):
 
 # concept_drift leaves the features alone; unit_change is a broken feed, the data-quality checks'
 # to catch (tests/unit/test_quality.py), not a changed world.
+@pytest.mark.slow  # many windows of each incident at the demo's rate, in make test
 @pytest.mark.parametrize(
     "scenario", [s for s in INCIDENTS if s not in ("concept_drift", "unit_change", "label_bug")]
 )

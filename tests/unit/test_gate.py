@@ -76,3 +76,52 @@ def test_slice_scores_read_evaluates_keys():
                "slice_region_south_roc_auc": 0.79}  # fmt: skip
     assert slice_scores(metrics, "roc_auc", "region") == {"region=north": 0.81, "region=south": 0.79}
     assert slice_scores(metrics, "roc_auc", None) == {}
+
+
+@pytest.mark.parametrize(
+    ("high", "outcome"),
+    [
+        (0.02, SHADOW),  # 0.0320 behind on the slice, but its CI reaches above 0: noise, not evidence
+        (-0.001, REJECTED),  # clearly worse, and past the tolerance
+        (None, REJECTED),  # no CI for the slice (e.g. a metric without one): the point estimate decides
+    ],
+)
+def test_a_slice_fails_the_offline_gate_only_when_clearly_worse(high, outcome):
+    decision = decide_promotion(
+        0.80, 0.80, FLOOR, TOL,
+        challenger_slices={"region=north": 0.80, "region=south": 0.748}, champion_slices=CHAMP_SLICES,
+        slice_tolerance=0.03, slice_highs={} if high is None else {"region=south": high, "region=north": 0.1},
+    )  # fmt: skip
+    assert decision.outcome == outcome
+    if outcome == REJECTED:
+        assert "region=south 0.7480 vs 0.7800" in decision.reason
+        assert ("paired CI" in decision.reason) is (high is not None)
+
+
+def test_slice_highs_are_the_paired_ci_on_each_slice_of_the_holdout():
+    import numpy as np
+
+    from pipelines.data import default_probability, generate_loans
+    from pipelines.features import LOAN_SCHEMA
+    from pipelines.registry import slice_highs
+
+    class Scores:  # a fitted model's predict_proba from a function of the rows
+        def __init__(self, probability):
+            self.probability = probability
+
+        def predict_proba(self, x):
+            p = self.probability(x)
+            return np.column_stack([1 - p, p])
+
+    holdout = generate_loans(3_000, seed=3)
+    champion = Scores(default_probability)
+    north = holdout["region"].astype(str) == "north"
+    inverted_north = Scores(lambda x: np.where(x["region"].astype(str) == "north", 1 - default_probability(x), default_probability(x)))  # fmt: skip
+    highs = slice_highs(inverted_north, champion, holdout, LOAN_SCHEMA, "roc_auc")
+    regions = set(holdout["region"].astype(str))
+    assert set(highs) == {f"region={r}" for r in regions} and north.sum() >= 30
+    assert highs["region=north"] < -0.2  # the inverted slice is clearly worse
+    assert all(highs[f"region={r}"] == 0 for r in regions - {"north"})  # the same answers: difference 0
+    assert slice_highs(inverted_north, champion, holdout, LOAN_SCHEMA, "accuracy") == {}  # no CI for it
+    only = slice_highs(inverted_north, champion, holdout, LOAN_SCHEMA, "roc_auc", only={"region=north"})
+    assert only == {"region=north": highs["region=north"]}  # the gate asks only for slices past the tolerance

@@ -196,6 +196,7 @@ def test_thresholds_come_from_the_settings():
 # --- the false-alarm rate: 50 clean windows a seed at the monitor's window sizes, target 0 -------------
 
 
+@pytest.mark.slow  # 150 judged windows a size: ~35 s of CPU in all, in make test
 @pytest.mark.parametrize(
     "window",
     sorted(
@@ -217,6 +218,7 @@ def test_no_false_alarm_on_50_clean_windows_of_several_seeds(window):
     assert alarms == []
 
 
+@pytest.mark.slow  # many windows against many small references, in make test
 def test_no_false_alarm_against_a_small_production_reference():
     """A retrained version's reference is 1,200-2,000 served rows: its extremes are closer in."""
     alarms = []

@@ -172,6 +172,7 @@ def test_identical_predictions_are_a_tie_and_promote():
         assert m.difference == 0 and m.low <= 0 <= m.high
 
 
+@pytest.mark.slow  # a live gate of 1,000 resamples per seed, over many seeds, in make test
 def test_a_clearly_worse_challenger_is_rejected_over_many_seeds():
     rejected = 0
     for seed in range(20):
@@ -182,6 +183,7 @@ def test_a_clearly_worse_challenger_is_rejected_over_many_seeds():
     assert rejected == 20
 
 
+@pytest.mark.slow  # a live gate of 1,000 resamples per seed, over many seeds, in make test
 def test_an_equal_but_different_challenger_is_mostly_promoted():
     # Two models of one signal, each with its own small errors (as two retrained versions are): a tie,
     # which the non-inferiority test promotes at the default 2,000 paired rows (at 1,000, f1's CI
@@ -271,6 +273,7 @@ def test_the_bound_has_the_bootstrap_spread():
         assert (high - auc) / 1.95996 == pytest.approx(np.nanstd(boot), rel=0.1)
 
 
+@pytest.mark.slow  # many resampled bakes, in make test
 def test_a_good_version_on_a_small_slice_is_not_rolled_back_by_noise():
     """The CI failure: a good version's region of ~120 rows read 0.7656 against 0.8754. Over 1,000
     seeded draws of 120 rows from the champion's own distribution, the rule rolls back at most once,
