@@ -407,11 +407,11 @@ def move_state_aside(settings: Settings) -> Path | None:
     retraining. Moved, not deleted: ``make clean`` removes it.
     """
     home = settings.home
-    leftovers = [p for p in sorted(home.iterdir()) if p.name not in KEPT_IN_HOME] if home.is_dir() else []
     if not any((home / name).exists() for name in ("mlflow", "monitor", "retrainer")):
         return None
     down(settings)
     target = home / "past-runs" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    leftovers = [p for p in sorted(home.iterdir()) if p.name not in KEPT_IN_HOME]
     target.mkdir(parents=True, exist_ok=True)
     for path in leftovers:
         shutil.move(path, target / path.name)
