@@ -165,8 +165,10 @@ class ReadinessGate:
 
 
 async def model_info(request: Request) -> JSONResponse:
+    """The served model; on a worker that has not loaded the champion yet, held as ``/predict`` is
+    (``ReadinessGate``): ``/readyz`` 200 from one worker must not be a 503 here from the other."""
     holder = STATE["holder"]
-    if holder is None or holder.current is None:
+    if holder is None or await holder.wait_for_model(SETTINGS.serving_hold_seconds) is None:
         return JSONResponse({"error": "no model loaded yet; run `sandbox train`"}, status_code=503)
     shadow = STATE["shadow"]
     shadow_version = shadow.current.version if shadow is not None and shadow.current is not None else None
