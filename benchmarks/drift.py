@@ -12,12 +12,12 @@
      (``scipy.stats.ks_2samp``, asymptotic p-value) for numeric columns, chi-square on the contingency
      table of category counts (``scipy.stats.chi2_contingency``) for categorical ones; drifted when p < 0.05.
    - ``quality``: ``services.monitor.quality.evaluate_quality``, the data-quality checks on the same
-     window (Evidently's ``MissingValueCount``/``OutRangeValueCount``/``OutListValueCount``, pandas
-     for median/IQR, constant columns and duplicates), against the reference's profile (computed
-     once a version, like the monitor); ``drift + quality`` is what the monitor's evaluation costs:
+     window (pandas counts, median/IQR, constant columns and duplicates), against the reference's
+     profile (computed once a version, like the monitor); ``drift + quality`` is what the monitor's evaluation costs:
      the window prepared once for both, the reference prepared once a version;
-   - ``counts ev / np``: the three checks that take Evidently's numbers (missing, out-of-range,
-     unseen-category shares) against the same shares in NumPy (CPU seconds);
+   - ``counts ev / np``: the missing, out-of-range and unseen-category shares through Evidently's
+     metrics (``quality.evidently_counts``) against the pandas counts the monitor uses
+     (``quality.counts``, equal to them), CPU seconds;
    - ``all-evidently quality``: the same checks with Evidently's ``MedianValue``, ``QuantileValue``
      (IQR), ``ConstantColumnsCount`` and ``DuplicatedRowCount`` too, once: why those are pandas;
    Median wall time of ``--repeats`` runs after one warm-up (imports excluded), and the ratio.
@@ -71,7 +71,7 @@ from services.monitor.drift import (
     preset_mismatches,
     run_preset,
 )
-from services.monitor.quality import QualityThresholds, evaluate_quality, evidently_counts, profile
+from services.monitor.quality import QualityThresholds, counts, evaluate_quality, evidently_counts, profile
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # tests.support: the one place of ports, waits and process groups
@@ -114,19 +114,6 @@ def baseline_drift(
         pvalues[name] = float(chi2_contingency(table)[1]) if table.shape[1] > 1 else 1.0
     flags = {name: p < alpha for name, p in pvalues.items()}
     return {"drift_share": sum(flags.values()) / len(flags), "pvalues": pvalues, "flags": flags}
-
-
-def numpy_counts(current: pd.DataFrame, ref, schema: FeatureSchema) -> dict:
-    """The shares ``quality.evidently_counts`` takes from Evidently, in NumPy/pandas (the baseline)."""
-    out = {name: float(current[name].isna().mean()) for name in schema.names}
-    for name in schema.numeric:
-        values = current[name].to_numpy(float)
-        values = values[~np.isnan(values)]
-        out[f"range:{name}"] = float(((values < ref.low[name]) | (values > ref.high[name])).mean())
-    for name in schema.categorical:
-        values = current[name].dropna()
-        out[f"list:{name}"] = float((~values.isin(ref.categories[name])).mean())
-    return out
 
 
 def all_evidently_quality(current: pd.DataFrame, reference: pd.DataFrame, schema: FeatureSchema) -> None:
@@ -194,9 +181,7 @@ def bench_evaluation(sizes: list[int], repeats: int, reference_rows: int) -> dic
         counts_evidently_s = cpu_timed(
             lambda p=prepared: evidently_counts(p, reference_profile, LOAN_SCHEMA), repeats
         )
-        counts_numpy_s = cpu_timed(
-            lambda p=prepared: numpy_counts(p, reference_profile, LOAN_SCHEMA), repeats
-        )
+        counts_numpy_s = cpu_timed(lambda p=prepared: counts(p, reference_profile, LOAN_SCHEMA), repeats)
 
         def evaluation(c=current):
             """What the monitor's evaluation does: the window prepared once for both, the reference

@@ -13,16 +13,19 @@ answers at once (benchmarks/serving.py, ``bentoml+feed``). Here, all on 127.0.0.
    (``start_server`` of benchmarks/serving.py, ``bentoml+feed``);
 4. load: 64-row ``/predict`` bodies at concurrency 16 for ``--duration`` s (``wrk`` if installed,
    else the Python client: ``load`` of benchmarks/serving.py), then a bounded wait until the feed
-   has delivered or dropped every served record.
+   has delivered or dropped every served record: what the monitor could not take during the load
+   waits in the feed's outbox (memory, then its spool on disk) and goes out after.
 
-It prints records acknowledged per second (by the monitor: 2xx on ``/ingest``), the feed's retries
-and drops (target: 0 dropped), the monitor's ingest latency (p50/p99/max per POST), the records the
-monitor's store holds against the rows served (they must be equal), and one JSON line at the end.
+It prints records acknowledged per second (by the monitor: 2xx on ``/ingest``) during the load and
+over load + drain, the drain time, the records spooled, the feed's retries and drops (target: 0
+dropped), the monitor's ingest latency (p50/p99/max per POST), the records the monitor's store
+holds against those acknowledged and the rows served (equal, but for the requests in flight when
+wrk stops: served and fed, not counted by wrk), and one JSON line at the end.
 
     .venv/bin/python benchmarks/feed.py [--duration 30] [--concurrency 16] [--rows 64] [--workers 2]
         [--load-generator auto|wrk|python] [--keep]
 
-About 2-3 minutes with the defaults (servers take 20-40 s to start here).
+About 2-4 minutes with the defaults (servers take 20-40 s to start here; the spool drains ~30 s).
 """
 
 from __future__ import annotations
@@ -169,7 +172,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=64, help="rows per /predict request")
     parser.add_argument("--workers", type=int, default=2, help="BentoML workers")
     parser.add_argument("--n-rows", type=int, default=20_000, help="training rows of the model")
-    parser.add_argument("--drain-timeout", type=float, default=60.0, help="max seconds to wait for the feed")
+    parser.add_argument(
+        "--drain-timeout", type=float, default=240.0, help="max seconds to wait for the feed (and its spool)"
+    )
     parser.add_argument("--startup-timeout", type=float, default=180.0)
     parser.add_argument("--load-generator", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, the monitor's DB)")
@@ -195,7 +200,7 @@ def print_report(summary: dict) -> None:
         table.add_row(key, str(value))
     console.print(table)
     verdict = "[green]holds[/]" if summary["target_zero_dropped"] else "[red]missed[/]"
-    console.print(f"target 0 dropped, store == served: {verdict}")
+    console.print(f"target 0 dropped, store == acknowledged >= served: {verdict}")
     print(json.dumps(summary))
 
 
@@ -252,6 +257,7 @@ def main() -> None:
         cpu_before = {s.name: server_cpu_seconds(s) for s in servers}
         others = OthersCpu()
         result = load(args.generator, url, body, args.concurrency, args.duration, tmp)
+        acknowledged_in_load = feed_metrics(base).get("sent", 0) - before.get("sent", 0)
         served = result["ok"] * args.rows
         counts, drain = wait_delivered(base, before.get("sent", 0) + served, args.drain_timeout)
         cpu = {name: server_cpu_seconds(s) - cpu_before[name] for name, s in ((s.name, s) for s in servers)}
@@ -273,8 +279,10 @@ def main() -> None:
             "predict errors": result["non2xx"] + result["io_errors"],
             "rows served": served,
             "records acknowledged": acknowledged,
-            "records acknowledged/s": round(acknowledged / seconds, 1),
+            "records acknowledged/s (load + drain)": round(acknowledged / seconds, 1),
             "feed drain after load s": round(drain, 1),
+            "records acknowledged/s during load": round(acknowledged_in_load / result["seconds"], 1),
+            "spooled to disk (records)": int(delta.get("spooled", 0)),
             "retries (records)": int(delta.get("retried", 0)),
             "dropped (records)": f"{dropped} ({queue_full} queue full, {undeliverable} undeliverable)",
             "monitor store: new records": stored,
@@ -299,7 +307,11 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "figures": figures,
             "dropped": dropped,
-            "target_zero_dropped": dropped == 0 and stored == served == acknowledged,
+            # wrk does not count the requests in flight when it stops, though they are served and fed:
+            # at most one request a connection more than it counted.
+            "target_zero_dropped": dropped == 0
+            and stored == acknowledged
+            and served <= acknowledged <= served + args.concurrency * args.rows,
             "log_problems": {s.name: log_problems(s.log_path)["count"] for s in servers},
         }
         print_report(summary)

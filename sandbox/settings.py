@@ -76,10 +76,14 @@ class Settings(BaseSettings):
     # takes 5,000 / 5 MiB) keeps up with 64-row requests at concurrency 16, where 500 dropped records.
     feed_batch_size: int = 2000
     feed_flush_seconds: float = 0.5
-    # Backoff 0.2 s doubling to 5 s: 7 retries wait ~16 s, longer than a monitor restart (3.7 s
-    # measured by tests/chaos with 2 busy cores; 3 retries, 1.4 s, dropped the records of a restart).
-    feed_max_retries: int = 7
     feed_timeout_seconds: float = 2.0
+    # Encoded records the monitor has not taken yet (slower than serving, or down: retried with backoff
+    # 0.2 s doubling to 5 s, for as long as it takes) wait in memory up to feed_memory_bytes, then on
+    # disk up to feed_spool_bytes, each per worker (0: memory only), ~400 bytes a record. 64-row requests
+    # at concurrency 16 outrun the monitor on 2 cores by ~11,000 records/s: a 30 s burst spools ~70 MB.
+    feed_memory_bytes: int = 33_554_432
+    feed_spool_bytes: int = 268_435_456
+    feed_spool_dir: Path | None = None  # default: <home>/serving/feed-spool
     # Refused /predict requests: every one is counted; a sample of them goes to the monitor so its
     # status page shows what the client sends. Bounded so a flood of bad requests costs little: at most
     # this many refused requests wait per worker (each flush, ~0.5 s), in at most this many bytes of
@@ -121,7 +125,8 @@ class Settings(BaseSettings):
     # x12, x100); a covariate shift of 3 std moves debt_to_income's median x2.6.
     data_quality_max_scale_ratio: float = 3.0
     # A feature whose most frequent value covers this share went constant (unless it was already).
-    data_quality_max_top_value_share: float = 0.95
+    # Over half, so a numeric feature's most frequent value is its median (a cheap check).
+    data_quality_max_top_value_share: float = Field(0.95, gt=0.5, le=1.0)
     # Share of exactly repeated rows may rise this much over the reference's (generated rows: 0).
     data_quality_max_duplicate_increase: float = 0.05
     # Rows serving rejected / all rows received in the window's span: clean clients send none.
@@ -217,6 +222,10 @@ class Settings(BaseSettings):
     @property
     def mlflow_uri(self) -> str:
         return self.mlflow_tracking_uri or f"http://{self.host}:{self.mlflow_port}"
+
+    @property
+    def feed_spool(self) -> Path:
+        return self.feed_spool_dir or self.home / "serving" / "feed-spool"
 
     @property
     def mlflow_dir(self) -> Path:

@@ -43,6 +43,7 @@ from services.common import BodySizeLimit, JsonOnly, send_json
 from services.serving.feed import MonitorFeed, ServedBatch
 from services.serving.middleware import PREDICT_PATHS, OpenAPIFix
 from services.serving.model_store import LoadedModel, ModelHolder, ShadowHolder
+from services.serving.outbox import Outbox
 from services.serving.rejections import REQUEST_REASONS, ROW_REASONS, RejectionWatch, parse_refusal
 from services.serving.rows import EXAMPLE_ROW, MAX_ROWS, LoanRow, Prediction, columns_of
 from services.serving.shadow import ShadowScorer
@@ -76,7 +77,8 @@ def create_metrics():
         ),
         "feed": Counter(
             "sandbox_monitor_feed_records_total",
-            "Inference records for the monitor by outcome: sent, retried, dropped_queue_full, dropped_undeliverable",
+            "Inference records for the monitor by outcome: sent, retried, spooled (waited on disk), "
+            "dropped_queue_full, dropped_undeliverable",
             ["outcome"],
         ),
         "rows_rejected": Counter(
@@ -212,7 +214,6 @@ class Serving:
                 queue_size=SETTINGS.feed_queue_size,
                 batch_size=SETTINGS.feed_batch_size,
                 flush_seconds=SETTINGS.feed_flush_seconds,
-                max_retries=SETTINGS.feed_max_retries,
                 timeout=SETTINGS.feed_timeout_seconds,
                 count=lambda outcome, n: self.metrics["feed"].labels(outcome).inc(n),
                 rejected_queue_size=SETTINGS.feed_rejected_queue_size,
@@ -220,6 +221,7 @@ class Serving:
                 rejected_sample_rows=SETTINGS.feed_rejected_sample_rows,
                 count_rejected=lambda outcome, n: self.metrics["feed_rejected"].labels(outcome).inc(n),
                 shadow=self._shadow_scorer().score if self.shadow else None,
+                outbox=Outbox(SETTINGS.feed_memory_bytes, SETTINGS.feed_spool, SETTINGS.feed_spool_bytes),
             )
             self.feed.start()
         self.holder = ModelHolder(

@@ -1,8 +1,10 @@
 """A real `bentoml serve` of the champion from a real MLflow server."""
 
 import json
+import os
 import re
 import subprocess
+import sys
 import threading
 import time
 
@@ -19,6 +21,7 @@ from pipelines.train import features_only
 from sandbox.local_stack import venv_bin
 from services.serving.feed import MonitorFeed, ServedBatch
 from services.serving.model_store import example_rows
+from services.serving.outbox import Outbox
 from services.serving.rows import EXAMPLE_ROW, LoanRow, columns_of, model_frame
 from tests.integration.serving_helpers import (
     MonitorStandIn,
@@ -49,7 +52,6 @@ def serving(mlflow_server, monitor, tmp_path_factory):
         "SANDBOX_SERVING_POLL_SECONDS": "1",
         "SANDBOX_MONITOR_PORT": str(monitor.port),
         "SANDBOX_FEED_FLUSH_SECONDS": "0.2",
-        "SANDBOX_FEED_MAX_RETRIES": "1",
         "SANDBOX_FEED_TIMEOUT_SECONDS": "0.5",
     }
     with served(env, tmp_path_factory.mktemp("serving")) as url:
@@ -318,6 +320,71 @@ def test_feed_queues_batches_counts_records_and_posts_at_most_batch_size():
         stand_in.stop()
 
 
+def test_records_wait_while_the_monitor_fails_spill_to_disk_and_all_arrive_once_it_is_back(tmp_path):
+    stand_in = MonitorStandIn(free_port())
+    stand_in.mode = "fail"
+    counts: dict[str, int] = {}
+
+    def count(outcome, n):
+        counts[outcome] = counts.get(outcome, 0) + n
+
+    outbox = Outbox(memory_bytes=20_000, directory=tmp_path, disk_bytes=10_000_000)  # ~2 bodies in memory
+    feed = MonitorFeed(
+        f"http://127.0.0.1:{stand_in.port}", batch_size=20, flush_seconds=0.05, count=count, outbox=outbox
+    )
+    feed.start()
+    try:
+        for i in range(6):
+            feed.submit(served_batch(20, first=20 * i))
+        assert wait_until(lambda: outbox.records == 120 and counts.get("retried", 0) > 0, timeout=20), counts
+        assert counts["spooled"] >= 60 and list((tmp_path / str(os.getpid())).glob("*.json"))
+        stand_in.mode = "ok"
+        assert wait_until(lambda: counts.get("sent") == 120, timeout=30), counts
+        assert [r["request_id"] for r in stand_in.records] == [
+            f"id-{i}" for i in range(120)
+        ]  # in order, once
+        assert "dropped_undeliverable" not in counts and "dropped_queue_full" not in counts
+        assert outbox.records == 0 and not list((tmp_path / str(os.getpid())).iterdir())
+    finally:
+        feed.stop()
+        stand_in.stop()
+
+
+def test_what_a_stopped_feed_could_not_deliver_goes_out_with_the_next_process(tmp_path):
+    stand_in = MonitorStandIn(free_port())
+    stand_in.mode = "fail"
+    first = MonitorFeed(
+        f"http://127.0.0.1:{stand_in.port}", batch_size=20, flush_seconds=0.05,
+        outbox=Outbox(memory_bytes=1_000_000, directory=tmp_path, disk_bytes=10_000_000),
+    )  # fmt: skip
+    first.start()
+    try:
+        first.submit(served_batch(40))
+        assert wait_until(lambda: first.outbox.records == 40 and first.queued == 0, timeout=20)
+        first.stop(timeout=1)  # the monitor still fails: the bodies go from memory to the spool
+        gone = subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+        )
+        (tmp_path / str(os.getpid())).rename(
+            tmp_path / gone.stdout.strip()
+        )  # as if another process had spooled
+        stand_in.mode = "ok"
+        counts: dict[str, int] = {}
+        outbox = Outbox(memory_bytes=1_000_000, directory=tmp_path, disk_bytes=10_000_000)
+        assert outbox.records == 40
+        second = MonitorFeed(
+            f"http://127.0.0.1:{stand_in.port}", flush_seconds=0.05, outbox=outbox,
+            count=lambda outcome, n: counts.__setitem__(outcome, counts.get(outcome, 0) + n),
+        )  # fmt: skip
+        second.start()
+        assert wait_until(lambda: counts.get("sent") == 40, timeout=20), counts
+        second.stop()
+        assert sorted(r["request_id"] for r in stand_in.records) == sorted(f"id-{i}" for i in range(40))
+    finally:
+        first.stop(timeout=0)
+        stand_in.stop()
+
+
 @pytest.mark.parametrize("mode", ["slow", "fail", "down"])
 def test_predictions_do_not_depend_on_the_monitor(serving, v1, monitor, mode):
     before = httpx.get(f"{serving}/metrics").text
@@ -332,14 +399,16 @@ def test_predictions_do_not_depend_on_the_monitor(serving, v1, monitor, mode):
     # A slow monitor answers after 3 s; a prediction that waited for it would show it.
     assert sorted(latencies)[len(latencies) // 2] < 1.0
 
-    def counted():
+    def retried():
         after = httpx.get(f"{serving}/metrics").text
         name = "sandbox_monitor_feed_records_total"
-        return metric_value(after, name, outcome="dropped_undeliverable") > metric_value(
-            before, name, outcome="dropped_undeliverable"
-        ) and metric_value(after, name, outcome="retried") > metric_value(before, name, outcome="retried")
+        return metric_value(after, name, outcome="retried") > metric_value(before, name, outcome="retried")
 
-    assert wait_until(counted, timeout=30), "undeliverable records must be counted, not silently lost"
+    assert wait_until(retried, timeout=30), "records the monitor did not take must be retried"
+    after = httpx.get(f"{serving}/metrics").text
+    for outcome in ("dropped_undeliverable", "dropped_queue_full"):  # they wait: nothing is dropped
+        name = "sandbox_monitor_feed_records_total"
+        assert metric_value(after, name, outcome=outcome) == metric_value(before, name, outcome=outcome)
 
 
 def test_swap_under_load_has_zero_failures_and_never_serves_a_broken_version(serving, v1, mlflow_server):

@@ -34,8 +34,10 @@ def start_serving(port: int, env: Mapping[str, str], log_path: Path) -> subproce
          "--host", "127.0.0.1", "--port", str(port)],
         log_path,
         # A BENTOML_HOME of its own, as the stack gives serving: BentoML wipes its metrics dir at start.
+        # A feed spool of its own: a worker adopts the spool of a gone one, and must not deliver another's.
         env={"BENTOML_DO_NOT_TRACK": "True", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-             "BENTOML_HOME": str(log_path.parent / "bentoml"), **env},
+             "BENTOML_HOME": str(log_path.parent / "bentoml"),
+             "SANDBOX_FEED_SPOOL_DIR": str(log_path.parent / "feed-spool"), **env},
     )  # fmt: skip
 
 
