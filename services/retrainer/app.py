@@ -63,6 +63,7 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 # The monitor answers its status from memory; a monitor slower than this is treated as not answering.
 MONITOR_TIMEOUT_SECONDS = 3.0
 SHOWN = 20  # notifications and held retrainings in /api/status
+VERSION_PATTERN = r"^[1-9][0-9]{0,9}$"  # a registry version number (MLflow's column is an integer)
 
 # --- Alertmanager's webhook payload (version 4) ----------------------------------------------------
 
@@ -488,7 +489,22 @@ class Retrainer:
 
 
 class RollbackRequest(BaseModel):
-    to: str | None = Field(None, description="the version to serve; default: the `previous` alias")
+    to: str | None = Field(
+        None,
+        description="the version to serve (a registry version number); default: the `previous` alias",
+        json_schema_extra={"pattern": VERSION_PATTERN},
+    )
+
+    @field_validator("to")
+    @classmethod
+    def a_version_number(cls, to: str | None) -> str | None:
+        # MLflow answers 500 to a version past its integer column (a 30-digit one, found by
+        # schemathesis): refused here, before MLflow is asked.
+        if to is not None and not re.fullmatch(VERSION_PATTERN, to):
+            raise ValueError(
+                f"{to[:40]!r} is not a version number: pass one like 3 (`sandbox release status`)"
+            )
+        return to
 
 
 class RollbackAnswer(BaseModel):

@@ -77,6 +77,8 @@ def test_rollback_refuses_what_cannot_serve(stack, mlflow_server):
     for args, message in [
         ((), "no `previous` version"),
         (("--to", "99"), "has no version 99"),
+        (("--to", "9" * 30), "is not a version number"),  # refused before MLflow, which answers 500 to it
+        (("--to", "v2"), "is not a version number: pass one like 3"),
         (("--to", stack["v1"]), "already the champion"),
     ]:
         done = sandbox(env, "rollback", *args)
