@@ -59,8 +59,9 @@ class Settings(BaseSettings):
     serving_max_body_bytes: int = 1_048_576
     serving_max_batch_size: int = 1000
     serving_max_latency_ms: int = 10_000
-    # A worker that has no model yet holds /predict and GET /model this long for its next poll (another worker may
-    # already serve the champion) before it answers 503; with no champion at all it answers at once.
+    # A worker that has no model yet holds /predict and GET /model this long for its next poll
+    # (another worker may already serve the champion) before it answers 503; with no champion at
+    # all it answers at once.
     serving_hold_seconds: float = 20.0
     # Share of served rows the `challenger` also scores, in shadow (its answer is never returned): picked
     # by a hash of the request id, so a row is in or out whatever worker served it. 0 disables shadow.

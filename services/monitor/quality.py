@@ -330,7 +330,7 @@ def check_constant(
     """``max_share`` > 0.5 (settings): then a numeric feature's top share is its median's."""
     out = []
     for name in schema.names:
-        share, value = (_median_share if name in ref.median else _top_share)(current[name])
+        share, value = (_median_share if name in schema.numeric else _top_share)(current[name])
         if share >= max_share and ref.top_share[name] < max_share:
             shown = num(value) if isinstance(value, float) else repr(value)
             out.append(Failure(CONSTANT, name, share, ref.top_share[name], max_share,

@@ -105,21 +105,23 @@ class Outbox:
             if not self._files and self.memory_used + len(data) <= self.memory_bytes:
                 self._memory.append(body)
                 self.memory_used += len(data)
-            elif self.directory is not None and self.disk_used + len(data) <= self.disk_bytes:
-                body = self._write(body)
+            elif (body := self._spill(body)) is not None:
                 self._files.append(body)
-                self.disk_used += len(data)
             else:
                 return None
             self._records += records
             self._changed.notify()
         return body
 
-    def _write(self, body: Body) -> Body:
+    def _spill(self, body: Body) -> Body | None:
+        """``body`` written to the spool (counted in ``disk_used``), or None when it has no room."""
+        if self.directory is None or self.disk_used + len(body.data) > self.disk_bytes:
+            return None
         path = self.directory / body.filename
         temp = path.with_suffix(".part")  # never a half-written body under a .json name
         temp.write_bytes(body.data)
         temp.rename(path)
+        self.disk_used += len(body.data)
         return Body(b"", body.records, body.rejected, body.created_ns, path)
 
     def head(self, timeout: float) -> Body | None:
@@ -156,9 +158,8 @@ class Outbox:
             while self._memory:
                 body = self._memory.popleft()
                 self.memory_used -= len(body.data)
-                if self.directory is not None and self.disk_used + len(body.data) <= self.disk_bytes:
-                    written.append(self._write(body))
-                    self.disk_used += len(body.data)
+                if (spilled := self._spill(body)) is not None:
+                    written.append(spilled)
                 else:
                     lost += body.records
                     self._records -= body.records

@@ -4,9 +4,9 @@ import json
 import os
 import re
 import subprocess
-import sys
 import threading
 import time
+from collections.abc import Callable
 
 import httpx
 import mlflow
@@ -30,7 +30,7 @@ from tests.integration.serving_helpers import (
     register_broken,
     register_unrecognised,
 )
-from tests.support.processes import free_port, wait_until
+from tests.support.processes import dead_pid, free_port, wait_until
 from tests.support.servers import served
 
 pytestmark = pytest.mark.integration
@@ -294,12 +294,19 @@ def served_batch(n: int, first: int = 0) -> ServedBatch:
     )  # fmt: skip
 
 
-def test_feed_queues_batches_counts_records_and_posts_at_most_batch_size():
-    stand_in = MonitorStandIn(free_port())
+def counter() -> tuple[dict[str, int], Callable[[str, int], None]]:
+    """A feed's ``count`` callback and the totals it keeps, by outcome."""
     counts: dict[str, int] = {}
 
-    def count(outcome, n):
+    def count(outcome: str, n: int) -> None:
         counts[outcome] = counts.get(outcome, 0) + n
+
+    return counts, count
+
+
+def test_feed_queues_batches_counts_records_and_posts_at_most_batch_size():
+    stand_in = MonitorStandIn(free_port())
+    counts, count = counter()
 
     feed = MonitorFeed(
         f"http://127.0.0.1:{stand_in.port}", queue_size=100, batch_size=30, flush_seconds=0.1, count=count
@@ -323,10 +330,7 @@ def test_feed_queues_batches_counts_records_and_posts_at_most_batch_size():
 def test_records_wait_while_the_monitor_fails_spill_to_disk_and_all_arrive_once_it_is_back(tmp_path):
     stand_in = MonitorStandIn(free_port())
     stand_in.mode = "fail"
-    counts: dict[str, int] = {}
-
-    def count(outcome, n):
-        counts[outcome] = counts.get(outcome, 0) + n
+    counts, count = counter()
 
     outbox = Outbox(memory_bytes=20_000, directory=tmp_path, disk_bytes=10_000_000)  # ~2 bodies in memory
     feed = MonitorFeed(
@@ -362,20 +366,14 @@ def test_what_a_stopped_feed_could_not_deliver_goes_out_with_the_next_process(tm
         first.submit(served_batch(40))
         assert wait_until(lambda: first.outbox.records == 40 and first.queued == 0, timeout=20)
         first.stop(timeout=1)  # the monitor still fails: the bodies go from memory to the spool
-        gone = subprocess.run(
-            [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
-        )
-        (tmp_path / str(os.getpid())).rename(
-            tmp_path / gone.stdout.strip()
-        )  # as if another process had spooled
+        (tmp_path / str(os.getpid())).rename(tmp_path / str(dead_pid()))  # as if another process spooled
         stand_in.mode = "ok"
-        counts: dict[str, int] = {}
+        counts, count = counter()
         outbox = Outbox(memory_bytes=1_000_000, directory=tmp_path, disk_bytes=10_000_000)
         assert outbox.records == 40
         second = MonitorFeed(
-            f"http://127.0.0.1:{stand_in.port}", flush_seconds=0.05, outbox=outbox,
-            count=lambda outcome, n: counts.__setitem__(outcome, counts.get(outcome, 0) + n),
-        )  # fmt: skip
+            f"http://127.0.0.1:{stand_in.port}", flush_seconds=0.05, outbox=outbox, count=count
+        )
         second.start()
         assert wait_until(lambda: counts.get("sent") == 40, timeout=20), counts
         second.stop()

@@ -4,10 +4,9 @@ kept across a stop, and adopted from a process that is gone."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 from services.serving.outbox import Outbox
+from tests.support.processes import dead_pid
 
 
 def drain(outbox: Outbox) -> list[bytes]:
@@ -20,13 +19,6 @@ def drain(outbox: Outbox) -> list[bytes]:
 
 def bodies(n: int, size: int = 100) -> list[bytes]:
     return [f"{i:04d}".encode() * (size // 4) for i in range(n)]
-
-
-def dead_pid() -> int:
-    child = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
-    )
-    return int(child.stdout)
 
 
 def test_bodies_past_the_memory_bound_wait_on_disk_and_come_back_in_order(tmp_path):
