@@ -10,6 +10,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
+
 from pipelines.data import generate_loans, load_breast_cancer_frame
 from pipelines.evaluate import evaluate_model
 from pipelines.features import LOAN_SCHEMA, breast_cancer_schema
@@ -103,6 +105,17 @@ class MonitorStandIn:
     def stop(self):
         self.server.shutdown()
         self.server.server_close()
+
+
+def every_worker_serves(serving: str, version: str) -> bool:
+    """Whether every serving worker has swapped to ``version``.
+
+    ``/model`` answers from whichever worker takes the connection, and each worker swaps on its own
+    poll; ``sandbox_model_info`` (livemax over the workers) is 0 for a version no worker serves.
+    """
+    metrics = httpx.get(f"{serving}/metrics").text
+    served = metric_value(metrics, "sandbox_model_info")  # 1 a version some worker serves
+    return served == 1 and metric_value(metrics, "sandbox_model_info", version=version) == 1
 
 
 def metric_value(metrics_text: str, name: str, **labels) -> float:

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.integration.serving_helpers import register
+from tests.integration.serving_helpers import every_worker_serves, register
 from tests.integration.test_retrainer import start
 from tests.support.processes import free_port, stop_process_group, wait_until
 from tests.support.servers import served
@@ -139,7 +139,7 @@ def test_a_good_challenger_goes_through_shadow_and_bake_and_a_kill_resumes_each_
     assert release(loop)["phase"] == "bake"
     idle = wait_phase(loop, "idle", 120)
     assert idle["outcomes"][-1]["outcome"] == "done" and idle["champion"] == v2
-    assert wait_until(lambda: httpx.get(f"{loop['serving']}/model").json()["version"] == v2, 30)
+    assert wait_until(lambda: every_worker_serves(loop["serving"], v2), 30)
 
 
 def test_a_worse_challenger_is_rejected_on_live_evidence_and_never_answers(loop, traffic, mlflow_server):
@@ -175,4 +175,4 @@ def test_a_champion_that_degrades_during_the_bake_is_rolled_back(loop, traffic, 
     assert "live roc_auc" in client.get_model_version(LOOP_MODEL, v4).tags["rolled_back"]
     metrics = httpx.get(f"{loop['retrainer']}/metrics", timeout=10).text
     assert "sandbox_release_rollbacks_total 1.0" in metrics
-    assert wait_until(lambda: httpx.get(f"{loop['serving']}/model").json()["version"] == champion, 30)
+    assert wait_until(lambda: every_worker_serves(loop["serving"], champion), 30)

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.integration.serving_helpers import MonitorStandIn, register, register_broken
+from tests.integration.serving_helpers import MonitorStandIn, every_worker_serves, register, register_broken
 from tests.integration.test_retrainer import start
 from tests.support.processes import free_port, stop_process_group, wait_until
 from tests.support.servers import served
@@ -98,7 +98,7 @@ def test_rollback_under_load_has_zero_failed_requests(stack, mlflow_server):
     v2 = register(mlflow_server, MODEL, seed=3)  # the helper makes it champion: a promotion by hand
     client.set_registered_model_alias(MODEL, "previous", stack["v1"])
     serving = stack["serving"]
-    assert wait_until(lambda: httpx.get(f"{serving}/model").json()["version"] == v2, 60)  # its worker swapped
+    assert wait_until(lambda: every_worker_serves(serving, v2), 60)
     answers, stop = [], threading.Event()
 
     def load():

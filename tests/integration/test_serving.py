@@ -25,6 +25,7 @@ from services.serving.outbox import Outbox
 from services.serving.rows import EXAMPLE_ROW, LoanRow, columns_of, model_frame
 from tests.integration.serving_helpers import (
     MonitorStandIn,
+    every_worker_serves,
     metric_value,
     register,
     register_broken,
@@ -451,7 +452,7 @@ def test_swap_under_load_has_zero_failures_and_never_serves_a_broken_version(ser
 
 def test_a_model_the_numpy_path_does_not_know_is_served_by_its_pipeline(serving, v1, mlflow_server):
     version = register_unrecognised(mlflow_server, MODEL)
-    assert wait_until(lambda: httpx.get(f"{serving}/model").json()["version"] == version, timeout=60)
+    assert wait_until(lambda: every_worker_serves(serving, version), timeout=60)
     info = httpx.get(f"{serving}/model").json()
     assert info["inference"] == "sklearn" and "StandardScaler" in info["inference_reason"], info
     frame = apply_scenario(generate_loans(40, seed=10), "missing_values", 1.0)
