@@ -35,8 +35,9 @@ targets hold, and one JSON line with everything at the end (stdout; progress goe
 
 ``--shadow`` adds a section: a second registered version (other hyperparameters) gets the alias
 ``challenger`` and ``bentoml+shadow`` (feed on, ``SANDBOX_SERVING_SHADOW_SHARE=1``: the feed's sender scores
-every served row with it) runs next to ``bentoml+feed`` (feed on, shadow off: share 0), interleaved in the
-same run; it prints req/s and p99 of both, their ratio, how many rows the shadow scored, and
+every served row with it, within its time budget ``SANDBOX_SERVING_SHADOW_MAX_BUSY``) runs next to
+``bentoml+feed`` (feed on, shadow off: share 0), interleaved in the same run; it prints req/s and p99 of
+both, their ratio, how many rows the shadow scored and skipped (budget spent), and
 (d) p99 with shadow on within 15 % of shadow off at concurrency 16 (per body size).
 
 Run from the repository root (about 13 minutes with the defaults; servers take 20-40 s to start here):
@@ -867,13 +868,14 @@ def register_challenger(tracking_uri: str, n_rows: int) -> str:
 
 
 def shadow_counters(base: str) -> dict[str, float]:
-    """Rows the shadow scored and its failures, from the service's /metrics (summed over workers)."""
-    out = {"scored": 0.0, "failures": 0.0}
+    """Rows the shadow scored, skipped (its time budget spent) and its failures, from /metrics (all workers)."""
+    out = {"scored": 0.0, "skipped": 0.0, "failures": 0.0}
     time.sleep(1)  # the sender's last drain (every 0.5 s) is scored and counted
     with contextlib.suppress(httpx.HTTPError):
         text = httpx.get(base + "/metrics", timeout=10).text
         for name, key in (
             ("sandbox_shadow_predictions_total", "scored"),
+            ("sandbox_shadow_skipped_rows_total", "skipped"),
             ("sandbox_shadow_failures_total", "failures"),
         ):
             out[key] = sum(float(m.group(1)) for m in re.finditer(rf"^{name}{{[^}}]*}}\s+(\S+)", text, re.M))
@@ -914,6 +916,7 @@ def shadow_summary(cases: list[dict], results: list[dict], ingest) -> dict:
         "cases": rows,
         "targets": targets,
         "scored_rows": sum(c["scored"] for c in counters),
+        "skipped_rows": sum(c["skipped"] for c in counters),
         "failures": sum(c["failures"] for c in counters),
         "shadowed_records_at_ingest": ingest.shadowed,
     }
@@ -934,7 +937,9 @@ def print_shadow(out: Console, shadow: dict) -> None:
         )  # fmt: skip
     out.print(table)
     out.print(
-        f"shadow scored {shadow['scored_rows']:.0f} rows ({shadow['failures']:.0f} failures); "
+        f"shadow scored {shadow['scored_rows']:.0f} rows, skipped {shadow['skipped_rows']:.0f} (its time budget "
+        f"spent: {shadow['scored_rows'] / max(1.0, shadow['scored_rows'] + shadow['skipped_rows']):.0%} scored), "
+        f"{shadow['failures']:.0f} failures; "
         f"/ingest got {shadow['shadowed_records_at_ingest']} records with shadow fields"
     )
     for key, target in shadow["targets"].items():

@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     # by a hash of the request id, so a row is in or out whatever worker served it. 0 disables shadow.
     # Shadow scoring runs in the monitor feed's sender: with SANDBOX_MONITOR_FEED=false there is none.
     serving_shadow_share: float = Field(1.0, ge=0.0, le=1.0)
+    # The most of a worker's time the shadow may spend scoring (CPU seconds per second): past it the
+    # drained rows go without shadow fields (sandbox_shadow_skipped_rows_total) until the budget refills.
+    # On a saturated worker each CPU-second the shadow takes is one the requests wait for; 5 % keeps
+    # the p99 within the 15 % the release design allows, and the demo's rows never reach it.
+    serving_shadow_max_busy: float = Field(0.05, gt=0.0, le=1.0)
     # Serve a version through its preprocessing compiled to NumPy (services/serving/fastpath.py) once it
     # matched the sklearn pipeline at load; false serves every version through the pipeline itself.
     serving_fast_path: bool = True

@@ -46,7 +46,7 @@ from services.serving.model_store import LoadedModel, ModelHolder, ShadowHolder
 from services.serving.outbox import Outbox
 from services.serving.rejections import REQUEST_REASONS, ROW_REASONS, RejectionWatch, parse_refusal
 from services.serving.rows import EXAMPLE_ROW, MAX_ROWS, LoanRow, Prediction, columns_of
-from services.serving.shadow import ShadowScorer
+from services.serving.shadow import ShadowBudget, ShadowScorer
 
 log = logging.getLogger("sandbox.serving")
 SETTINGS = Settings()  # reads the environment only
@@ -99,6 +99,12 @@ def create_metrics():
         ),
         "shadow_predictions": Counter(
             "sandbox_shadow_predictions_total", "Served rows the challenger scored in shadow", ["model", "version"]
+        ),
+        "shadow_skipped": Counter(
+            "sandbox_shadow_skipped_rows_total",
+            "Served rows the challenger did not score because the shadow had spent its share of the "
+            "worker's time (SANDBOX_SERVING_SHADOW_MAX_BUSY); they went to the monitor without shadow fields",
+            ["model"],
         ),
         "shadow_failures": Counter(
             "sandbox_shadow_failures_total",
@@ -208,6 +214,7 @@ class Serving:
                 fast_path=SETTINGS.serving_fast_path,
             )
             self.metrics["shadow_failures"].labels(SETTINGS.model_name)  # exists from the start, for rate()
+            self.metrics["shadow_skipped"].labels(SETTINGS.model_name)
         if SETTINGS.monitor_feed:
             self.feed = MonitorFeed(
                 SETTINGS.monitor_url,
@@ -257,12 +264,15 @@ class Serving:
 
     def _shadow_scorer(self) -> ShadowScorer:
         shadow_rows, failures = self.metrics["shadow_predictions"], self.metrics["shadow_failures"]
+        skipped = self.metrics["shadow_skipped"]
         return ShadowScorer(
             lambda: self.shadow.current,
             LOAN_SCHEMA,
             SETTINGS.serving_shadow_share,
             count_rows=lambda version, n: shadow_rows.labels(SETTINGS.model_name, version).inc(n),
             count_failure=lambda: failures.labels(SETTINGS.model_name).inc(),
+            budget=ShadowBudget(SETTINGS.serving_shadow_max_busy),
+            count_skipped=lambda n: skipped.labels(SETTINGS.model_name).inc(n),
         )
 
     def _on_swap(self, old: LoadedModel | None, new: LoadedModel) -> None:

@@ -98,14 +98,11 @@ def test_2_an_invalid_rows_flood_pages_a_human_and_retrains_nothing(demo):
     assert status.champion(settings)["version"] == v1
     demo.control.switch("none")
     # Clean again. The monitor counts the refused rows in its windows' rejected share too, so
-    # DataQualityDegraded may have fired as well; both resolve (InputRejectionsHigh once its 5-minute
-    # window is clean) before the next incident, whose alerts must fire anew.
-    demo.wait(
-        "rejections resolve",
-        lambda: not firing(settings) & {REJECTIONS_ALERT, QUALITY_ALERT},
-        480,
-        interval=2,
-    )
+    # DataQualityDegraded may have fired as well: it resolves on the next clean windows, before the
+    # unit change, whose quality alert must fire anew. InputRejectionsHigh resolves once its 5-minute
+    # window is clean, during tests 3-4 (it only holds retraining, which they do not need); test 5
+    # waits for it.
+    demo.wait("data quality resolves", lambda: QUALITY_ALERT not in firing(settings), 240, interval=2)
 
 
 def test_3_a_unit_change_pages_a_human_holds_retraining_and_keeps_the_champion(demo):
@@ -153,18 +150,19 @@ def test_4_bad_releases_one_rejected_live_one_rolled_back_in_its_bake(demo):
 
 def test_5_a_covariate_shift_retrains_and_promotes(demo):
     settings = demo.settings
-    assert not firing(settings) & {REJECTIONS_ALERT, QUALITY_ALERT}  # nothing inhibits the drift alert
     # A retraining takes the latest production rows: they must be this incident's and clean traffic,
     # not test 4's launch (its few overseas rows made a 30-row holdout slice that failed the offline
-    # gate's 0.03 slice tolerance by chance: v1 0.92 vs 0.88 there).
+    # gate's 0.03 slice tolerance by chance: v1 0.92 vs 0.88 there). And nothing may inhibit the
+    # drift alert: test 2's InputRejectionsHigh has resolved.
     clean_since = time.time()
     demo.wait(
-        "the retraining window holds clean traffic only",
+        "the retraining window holds clean traffic only, no quality alert fires",
         lambda: (
             records_count(settings, settings.retrain_production_rows, since=clean_since)
             >= settings.retrain_production_rows
+            and not firing(settings) & {REJECTIONS_ALERT, QUALITY_ALERT}
         ),
-        240,
+        300,
         interval=5,
         hint=f"see {settings.monitor_url}/api/status",
     )

@@ -11,7 +11,7 @@ from pipelines.features import LOAN_SCHEMA
 from services.serving.feed import MonitorFeed, ServedBatch
 from services.serving.model_store import LoadedModel, example_rows
 from services.serving.rows import LoanRow, columns_of
-from services.serving.shadow import ShadowScorer, in_shadow
+from services.serving.shadow import ShadowBudget, ShadowScorer, in_shadow
 
 
 class DebtModel:
@@ -138,3 +138,58 @@ def test_the_feed_builds_shadowed_records_from_the_scorer():
     records, _ = feed._take()
     assert model.calls == [5]
     assert [r["shadow_probability"] for r in records] == pytest.approx(expected(first) + expected(second))
+
+
+class Clocks:
+    """A wall clock and a CPU clock the test moves: each model call costs ``cost`` CPU seconds."""
+
+    def __init__(self, cost: float):
+        self.wall = self.cpu = 0.0
+        self.cost = cost
+
+    def charge(self):
+        self.cpu += self.cost
+
+
+class CostlyModel(DebtModel):
+    def __init__(self, clocks: Clocks):
+        super().__init__()
+        self.clocks = clocks
+
+    def predict_proba(self, frame):
+        self.clocks.charge()
+        return super().predict_proba(frame)
+
+
+def budgeted(clocks: Clocks, max_busy: float, skipped: list) -> tuple[ShadowScorer, CostlyModel]:
+    model = CostlyModel(clocks)
+    scorer = ShadowScorer(
+        lambda: challenger(model),
+        LOAN_SCHEMA,
+        budget=ShadowBudget(max_busy, clock=lambda: clocks.wall),
+        count_skipped=skipped.append,
+        cpu_clock=lambda: clocks.cpu,
+    )
+    return scorer, model
+
+
+def test_a_shadow_past_its_share_of_the_time_gives_way_and_its_rows_go_unscored():
+    clocks, skipped = Clocks(cost=0.02), []
+    scorer, model = budgeted(clocks, max_busy=0.05, skipped=skipped)
+    scored = 0
+    for _ in range(200):  # a drain every 0.1 s, each scoring 0.02 s: 20 % of the time wanted
+        clocks.wall += 0.1
+        (shadow,) = scorer.score([batch(4, seed=7)])
+        scored += shadow is not None
+    # 20 s of wall clock at 5 %: about 1 s of scoring (50 calls), plus the first second's credit
+    assert 45 <= scored <= 55 and len(model.calls) == scored, scored
+    assert sum(skipped) == 4 * (200 - scored) and clocks.cpu <= 0.05 * 20 + 0.05 + 0.02
+
+
+def test_a_cheap_shadow_within_its_budget_scores_every_drain():
+    clocks, skipped = Clocks(cost=0.001), []
+    scorer, _ = budgeted(clocks, max_busy=0.05, skipped=skipped)
+    for _ in range(100):  # 1 % of the time wanted
+        clocks.wall += 0.1
+        assert scorer.score([batch(3, seed=8)])[0] is not None
+    assert skipped == []
