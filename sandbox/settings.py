@@ -150,7 +150,7 @@ class Settings(BaseSettings):
 
     # Release controller (services/retrainer/release.py, docs/releases.md): a challenger that passed
     # the offline gate runs in shadow until this many labelled live rows were answered by both
-    # versions (the demo's 30 req/s x 2 rows with labels 2 s later brings ~60 a second: ~35 s), or
+    # versions (the demo's 30 req/s x 4 rows with labels 2 s later brings ~120 a second: ~17 s), or
     # until the deadline, when it ends `rejected: no live evidence`. Measured (tests/unit/test_release_transitions.py):
     # at 1,000 rows f1's CI is wide enough that an equally good challenger failed 12-25 % of the time;
     # at 2,000 none of 40 did.

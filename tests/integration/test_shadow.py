@@ -196,6 +196,8 @@ def test_the_challenger_scores_in_shadow_and_never_answers(serving, monitor, ver
     assert metric_value(metrics, "sandbox_shadow_failures_total", model=MODEL) >= 1
     assert metric_value(metrics, "sandbox_shadow_predictions_total", model=MODEL, version=v2) >= PROBE_ROWS
     assert metric_value(metrics, "sandbox_shadow_predictions_total", model=MODEL, version=broken) == 0
+    # Its time budget (5 % of a worker) is far from spent at this load: nothing went unshadowed.
+    assert f'sandbox_shadow_skipped_rows_total{{model="{MODEL}"}} 0.0' in metrics
     assert metric_value(metrics, "sandbox_model_load_failures_total", model=MODEL) == 0  # the champion's
     stored = httpx.get(f"{monitor}/api/records", params={"shadow_version": broken, "limit": 10}, timeout=30)
     assert stored.json()["count"] == 0
