@@ -69,8 +69,8 @@ class Settings(BaseSettings):
     serving_shadow_share: float = Field(1.0, ge=0.0, le=1.0)
     # The most of a worker's time the shadow may spend scoring (CPU seconds per second): past it the
     # drained rows go without shadow fields (sandbox_shadow_skipped_rows_total) until the budget refills.
-    # On a saturated worker each CPU-second the shadow takes is one the requests wait for; 5 % keeps
-    # the p99 within the 15 % the release design allows, and the demo's rows never reach it.
+    # On a saturated worker each CPU-second the shadow takes is one the requests wait for: this bounds
+    # it (measured in docs/serving.md); the demo's rows never reach it.
     serving_shadow_max_busy: float = Field(0.05, gt=0.0, le=1.0)
     # Serve a version through its preprocessing compiled to NumPy (services/serving/fastpath.py) once it
     # matched the sklearn pipeline at load; false serves every version through the pipeline itself.
