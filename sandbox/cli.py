@@ -717,7 +717,7 @@ def demo(
     severity: Annotated[float, typer.Option(help=SEVERITY_HELP)] = 1.0,
     rps: Annotated[float, typer.Option(help="Traffic rate, requests/s.")] = 30.0,
     rows_per_request: Annotated[
-        int | None, typer.Option(help="Loan applications per request (default: the demo's, 2).")
+        int | None, typer.Option(help="Loan applications per request (default: the demo's, 4).")
     ] = None,
     timeout: Annotated[
         float,

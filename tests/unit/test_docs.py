@@ -273,7 +273,7 @@ def test_good_text_passes(tmp_path):
 
 def test_every_help_lists_its_choices():
     from pipelines.scenarios import SCENARIOS
-    from sandbox.demo import STORIES
+    from sandbox.demo import DEMO_ROWS_PER_REQUEST, STORIES
     from sandbox.traffic import TRAFFIC_SCENARIOS
     from sandbox.training import SOURCE_CHOICES
 
@@ -298,6 +298,8 @@ def test_every_help_lists_its_choices():
         text = help_of(command, param)
         missing = [c for c in choices if not re.search(rf"(?<![\w-]){c}(?![\w-])", text)]
         assert not missing, f"`sandbox {command} --help` does not list {missing} for {param}"
+    # The demo's default lives in sandbox.demo (the CLI does not import it at start-up): the help says it.
+    assert f"the demo's, {DEMO_ROWS_PER_REQUEST})" in help_of("demo", "rows_per_request")
 
 
 def test_every_picture_is_shown_and_made_by_make_screenshots():
