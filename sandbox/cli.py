@@ -501,7 +501,8 @@ def incident(
         typer.Argument(
             help=f"Drift (the world changed): {DRIFT_HELP}. Broken upstream (a human is paged, no retraining): "
             "unit_change | invalid_rows. label_bug: the labels sent for region north inverted, the features "
-            "untouched (no drift or data-quality alert; the live accuracy falls); launch_label_bug: new_category's "
+            "untouched (no drift; the live accuracy falls, and DataQualityDegraded pages a human once the champion "
+            "ranks region north backwards); launch_label_bug: new_category's "
             "overseas rows with their labels inverted. Which alert each fires: "
             "docs/loop-by-hand.md."
         ),

@@ -137,6 +137,14 @@ class Settings(BaseSettings):
     data_quality_max_duplicate_increase: float = 0.05
     # Rows serving rejected / all rows received in the window's span: clean clients send none.
     data_quality_max_rejected_share: float = 0.05
+    # A region the serving version ranks backwards (roc_auc under this, on at least this many of its
+    # labelled rows) while it ranks the other rows better than chance: a broken label join, not a
+    # changed world. Measured (tests/unit/test_quality.py, 50 windows of 2,000 labelled rows a world):
+    # v1's lowest region 0.72-0.75 on clean, shifted or label-shifted traffic, 0.49 under concept
+    # drift (0.33 at severity 2, but the other regions fall with it, to 0.37-0.43); label_bug's north
+    # 0.14-0.25 while the rest stays 0.77-0.82.
+    data_quality_min_slice_roc_auc: float = Field(0.35, gt=0.0, lt=0.5)
+    data_quality_min_labelled_slice_rows: int = Field(200, ge=20)
     # Retrainer (services/retrainer): an alert starts train-and-register at most once per cooldown,
     # on the monitor's labelled production rows plus fresh rows of the original distribution.
     retrain_cooldown_seconds: float = 600.0

@@ -31,7 +31,14 @@ from services.monitor.drift import (
     rows_of_latest_version,
 )
 from services.monitor.drift import evaluate_drift as run_drift
-from services.monitor.quality import Profile, QualityResult, QualityThresholds, evaluate_quality, profile
+from services.monitor.quality import (
+    INVERTED_LABELS,
+    Profile,
+    QualityResult,
+    QualityThresholds,
+    evaluate_quality,
+    profile,
+)
 from services.monitor.store import RecordStore
 
 log = logging.getLogger("sandbox.monitor")
@@ -246,10 +253,12 @@ class Monitor:
             prepared_rows, prepared_reference, self.schema, cfg.min_rows, model_version=version,
             thresholds=cfg.drift_thresholds, prepared=True,
         )  # fmt: skip
-        data_quality, since, by_reason = self._data_quality(window, prepared_rows, reference_profile, now)
         labelled = self.store.labelled(cfg.quality_window_rows, cfg.quality_window_seconds, now=now)
         if version is not None:
             labelled = labelled[labelled["model_version"].astype(str) == version]
+        data_quality, since, by_reason = self._data_quality(
+            window, prepared_rows, reference_profile, now, labelled if version is not None else None
+        )
         quality = live_quality(labelled, cfg.min_labelled_rows)
         duration = time.monotonic() - started
         summary = {
@@ -289,13 +298,14 @@ class Monitor:
         return summary
 
     def _data_quality(
-        self, window, rows, reference: Profile | None, now
+        self, window, rows, reference: Profile | None, now, labelled
     ) -> tuple[QualityResult, float, dict]:
         """The checks on this version's rows, with the rejected rows of the window's time span.
 
         The span starts at the window's oldest record when the window is full, else it is the whole
         ``window_seconds``: rejected and valid rows are then counted over the same time. A window
-        that fails marks that span in the store, so its records never become training data.
+        that fails marks that span in the store, so its records never become training data; labels
+        that look inverted mark the span of the labelled rows judged, which reaches further back.
         """
         cfg = self.config
         full = len(window) >= cfg.window_rows
@@ -311,8 +321,11 @@ class Monitor:
             valid_in_span=len(window),
             rejected_by_reason=by_reason,
             prepared=True,
+            labelled=labelled,
         )
         if found.ok is False:
+            if any(f.check == INVERTED_LABELS for f in found.failed):
+                since = min(since, float(labelled["received_at"].min()))
             self.store.mark_quality_failed(since, now, sorted({f.check for f in found.failed}))
             log.warning("data quality failed: %s", "; ".join(f.message for f in found.failed))
         return found, since, by_reason

@@ -20,7 +20,13 @@ reference sample of the version that served it (``profile`` of it, computed once
 - ``duplicate_rows``: the share of rows repeated exactly rose by more than ``max_duplicate_increase``
   (a client replaying its requests);
 - ``rejected_share``: the share of rows serving refused (``rejected / (rejected + valid)`` in the
-  window's time span) above ``max_rejected_share``.
+  window's time span) above ``max_rejected_share``;
+- ``inverted_labels``: on the serving version's labelled rows, a slice (region) with at least
+  ``min_labelled_slice_rows`` of them that it ranks backwards (roc_auc below ``min_slice_roc_auc``)
+  while it ranks the other rows better than chance. A version that passed both gates ranks every
+  slice well; a changed world (concept drift) drags all slices down together; one slice whose
+  labels say the opposite of what the model learned is a broken label join (``label_bug``), or a
+  model trained on one. Either way, retraining on those labels would learn the bug.
 
 What runs through Evidently and what not (measured, 10k rows, this machine; benchmarks/drift.py):
 the missing, out-of-range and unseen-category shares are what Evidently's ``MissingValueCount``,
@@ -50,6 +56,7 @@ from services.monitor.drift import prepare
 
 MISSING, OUT_OF_RANGE, UNSEEN_CATEGORY = "missing_share", "out_of_range", "unseen_category"
 SCALE, CONSTANT, DUPLICATES, REJECTED = "scale_shift", "constant", "duplicate_rows", "rejected_share"
+INVERTED_LABELS = "inverted_labels"  # its feature: the slice column (schema.slice_by)
 FEATURE_CHECKS = (MISSING, OUT_OF_RANGE, UNSEEN_CATEGORY, SCALE, CONSTANT)
 TABLE_CHECKS = (DUPLICATES, REJECTED)
 # The reference's range is widened by this share of its span each side: values just past a
@@ -83,6 +90,8 @@ class QualityThresholds:
     max_top_value_share: float = _setting("max_top_value_share")
     max_duplicate_increase: float = _setting("max_duplicate_increase")
     max_rejected_share: float = _setting("max_rejected_share")
+    min_slice_roc_auc: float = _setting("min_slice_roc_auc")
+    min_labelled_slice_rows: int = _setting("min_labelled_slice_rows")
 
     def __post_init__(self):
         if not 0.5 < self.max_top_value_share <= 1:
@@ -361,6 +370,49 @@ def check_rejected(rejected: int, valid: int, by_reason: dict[str, int], max_sha
         f"at most {pct(max_share)} allowed; see 'what the client actually sends'")]  # fmt: skip
 
 
+def slice_roc_aucs(
+    labelled: pd.DataFrame, slice_by: str | None, min_rows: int
+) -> dict[str, tuple[float, int, float, int]]:
+    """Per slice ("region=north"): (roc_auc, rows) of the probability against the labels on it, and
+    the same on every other labelled row; for the slices where both sides have ``min_rows`` rows
+    holding both labels."""
+    from sklearn.metrics import roc_auc_score  # the monitor has it imported already (classification_metrics)
+
+    if not slice_by or slice_by not in labelled:
+        return {}
+    labels, scores = labelled["label"].astype(int).to_numpy(), labelled["probability"].astype(float).to_numpy()
+    values = labelled[slice_by].astype(str).to_numpy()
+    out = {}
+    for value in sorted(set(values)):
+        inside = values == value
+        sides = [(labels[m], scores[m]) for m in (inside, ~inside)]
+        if all(len(y) >= min_rows and 0 < y.sum() < len(y) for y, _ in sides):
+            (y_in, p_in), (y_out, p_out) = sides
+            out[f"{slice_by}={value}"] = (
+                float(roc_auc_score(y_in, p_in)), len(y_in), float(roc_auc_score(y_out, p_out)), len(y_out)
+            )
+    return out
+
+
+def check_inverted_labels(
+    labelled: pd.DataFrame, slice_by: str | None, min_rows: int, min_roc_auc: float
+) -> tuple[list[Failure], list[str]]:
+    """The failures, and the slices judged. A slice fails when the version ranks it backwards while
+    it ranks the other rows better than chance: a world that changed drags every slice down together
+    (concept_drift at severity 2 takes all of them to 0.33-0.44), a broken join for one slice does not."""
+    aucs = slice_roc_aucs(labelled, slice_by, min_rows)
+    failed = [
+        Failure(INVERTED_LABELS, slice_by, auc, rest, min_roc_auc,
+            f"labels of {name} look inverted: the serving version ranks them backwards (roc_auc {auc:.2f} "
+            f"on {rows:,} labelled rows, under {min_roc_auc:g}) while it ranks the other rows well "
+            f"({rest:.2f} on {rest_rows:,}). A broken label join upstream, or a version trained on one: "
+            "check the label source before any retraining")  # fmt: skip
+        for name, (auc, rows, rest, rest_rows) in aucs.items()
+        if auc < min_roc_auc and rest > 0.5
+    ]
+    return failed, list(aucs)
+
+
 # --- the verdict ------------------------------------------------------------------------------------
 
 
@@ -374,6 +426,7 @@ def evaluate_quality(
     valid_in_span: int | None = None,
     rejected_by_reason: dict[str, int] | None = None,
     prepared: bool = False,
+    labelled: pd.DataFrame | None = None,
 ) -> QualityResult:
     """Every check on ``current`` (one version's rows) against its reference's profile.
 
@@ -381,7 +434,9 @@ def evaluate_quality(
     differ from any reference by chance). The rejected share runs when ``rejected + valid_in_span``
     (all rows received in the window's time span, every version) reach ``min_rows``, so a flood
     of rejections with hardly a valid row is still judged. ``ok`` is None when neither ran.
-    ``prepared``: ``current`` comes from :func:`prepare` already.
+    ``prepared``: ``current`` comes from :func:`prepare` already. ``labelled``: the version's
+    labelled rows (label, probability, the slice column), for ``inverted_labels``; the check runs
+    on the groups with enough of them, whatever the window's size.
     """
     valid = len(current) if valid_in_span is None else valid_in_span
     total = rejected + valid
@@ -404,6 +459,12 @@ def evaluate_quality(
     if total >= min_rows:
         result.failed += check_rejected(rejected, valid, rejected_by_reason or {}, t.max_rejected_share)
         result.checked.append((REJECTED, None))
+    if labelled is not None and len(labelled):
+        failed, judged = check_inverted_labels(
+            labelled, schema.slice_by, t.min_labelled_slice_rows, t.min_slice_roc_auc
+        )
+        result.failed += failed
+        result.checked += [(INVERTED_LABELS, schema.slice_by)] if judged else []
     if result.checked:
         result.ok = not result.failed
     return result

@@ -75,17 +75,13 @@ class ShadowScorer:
         share: float = 1.0,
         count_rows: Callable[[str, int], None] = lambda version, n: None,
         count_failure: Callable[[], None] = lambda: None,
-        budget: ShadowBudget | None = None,
+        budget: ShadowBudget | None = None,  # None: no bound (the service passes the setting's)
         count_skipped: Callable[[int], None] = lambda n: None,
         cpu_clock: Callable[[], float] = time.thread_time,
     ):
         self.model, self.schema, self.share = model, schema, share  # model(): the challenger now, or None
         self.count_rows, self.count_failure = count_rows, count_failure
-        self.budget, self.count_skipped, self.cpu_clock = (
-            budget or ShadowBudget(1.0),
-            count_skipped,
-            cpu_clock,
-        )
+        self.budget, self.count_skipped, self.cpu_clock = budget, count_skipped, cpu_clock
         self.logged_failures: set[str] = set()  # versions whose failure was logged (once each)
 
     def score(self, batches: list) -> list[Shadow | None]:
@@ -104,6 +100,8 @@ class ShadowScorer:
         total = sum(len(rows) for _, rows in picked)
         if not total:
             return out
+        if self.budget is None:
+            return self._score(model, batches, picked, total, out)
         if not self.budget.allows():
             self.count_skipped(total)
             return out

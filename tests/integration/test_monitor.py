@@ -402,6 +402,55 @@ def test_data_quality_fails_on_a_unit_change_and_keeps_it_out_of_retraining(moni
     assert {r["request_id"] for r in broken} <= {r["request_id"] for r in everything}
 
 
+def test_labels_the_champion_ranks_backwards_fail_data_quality_until_the_join_is_fixed(monitor, version):
+    """label_bug as it reaches the monitor: clean features, the labels of region north inverted. The
+    quality verdict fails on that slice (a broken label join, not a changed world), and passes once
+    the right labels replace them; the rows judged meanwhile never reach the retrainer's data."""
+    from pipelines.production import fetch_records
+    from pipelines.scenarios import LABEL_BUG
+
+    column, value = LABEL_BUG
+    frame = generate_loans(2_000, seed=31)
+    records = records_of(frame, version, flip_every=5)  # a fair model: its probability ranks the labels well
+    ingest(monitor, records, batch=5_000)
+    north = set(frame.index[frame[column] == value])
+    assert len(north) >= 200  # the check judges a region from 200 labelled rows
+
+    def post_labels(inverted: bool) -> float:
+        labels = [
+            {
+                "request_id": r["request_id"],
+                "label": 1 - r["label"] if inverted and i in north else r["label"],
+            }
+            for i, r in enumerate(records)
+        ]
+        assert httpx.post(f"{monitor}/labels", json={"labels": labels}, timeout=30).status_code == 200
+        return time.time()
+
+    def verdict_after(t0: float):
+        quality = httpx.get(f"{monitor}/api/status", timeout=10).json()["quality"]
+        return quality if quality["evaluated_at"] and quality["evaluated_at"] > t0 else None
+
+    t0 = post_labels(inverted=True)
+    assert wait_until(lambda: verdict_after(t0), timeout=120)
+    quality = verdict_after(t0)
+    by_check = {f["check"]: f for f in quality["failed"]}
+    assert quality["ok"] is False and set(by_check) == {"inverted_labels"}, quality["failed"]
+    failure = by_check["inverted_labels"]
+    assert failure["feature"] == column and f"{column}={value}" in failure["message"]
+    assert failure["value"] < 0.35 and "label source" in failure["message"]
+    text = httpx.get(f"{monitor}/metrics", timeout=10).text
+    assert metric_value(text, "sandbox_data_quality_ok") == 0
+    assert metric_value(text, "sandbox_data_quality_failed", check="inverted_labels", feature=column) == 1
+
+    t1 = post_labels(inverted=False)  # the join fixed: the same requests, their right labels
+    assert wait_until(lambda: (verdict_after(t1) or {}).get("ok") is True, timeout=120)
+    text = httpx.get(f"{monitor}/metrics", timeout=10).text
+    assert metric_value(text, "sandbox_data_quality_failed", check="inverted_labels", feature=column) == 0
+    exported = {r["request_id"] for r in fetch_records(monitor, 50_000, labelled=True)}
+    assert not exported & {r["request_id"] for r in records}  # judged broken once: never training data
+
+
 def test_monitor_config_takes_its_defaults_from_the_settings():
     """One source of defaults: a MonitorConfig field that is also a setting defaults to the setting."""
     shared = [f for f in dataclasses.fields(MonitorConfig) if f"monitor_{f.name}" in Settings.model_fields]
