@@ -380,7 +380,10 @@ def slice_roc_aucs(
 
     if not slice_by or slice_by not in labelled:
         return {}
-    labels, scores = labelled["label"].astype(int).to_numpy(), labelled["probability"].astype(float).to_numpy()
+    labels, scores = (
+        labelled["label"].astype(int).to_numpy(),
+        labelled["probability"].astype(float).to_numpy(),
+    )
     values = labelled[slice_by].astype(str).to_numpy()
     out = {}
     for value in sorted(set(values)):
@@ -389,7 +392,10 @@ def slice_roc_aucs(
         if all(len(y) >= min_rows and 0 < y.sum() < len(y) for y, _ in sides):
             (y_in, p_in), (y_out, p_out) = sides
             out[f"{slice_by}={value}"] = (
-                float(roc_auc_score(y_in, p_in)), len(y_in), float(roc_auc_score(y_out, p_out)), len(y_out)
+                float(roc_auc_score(y_in, p_in)),
+                len(y_in),
+                float(roc_auc_score(y_out, p_out)),
+                len(y_out),
             )
     return out
 
@@ -402,11 +408,17 @@ def check_inverted_labels(
     (concept_drift at severity 2 takes all of them to 0.33-0.44), a broken join for one slice does not."""
     aucs = slice_roc_aucs(labelled, slice_by, min_rows)
     failed = [
-        Failure(INVERTED_LABELS, slice_by, auc, rest, min_roc_auc,
+        Failure(
+            INVERTED_LABELS,
+            slice_by,
+            auc,
+            rest,
+            min_roc_auc,
             f"labels of {name} look inverted: the serving version ranks them backwards (roc_auc {auc:.2f} "
             f"on {rows:,} labelled rows, under {min_roc_auc:g}) while it ranks the other rows well "
             f"({rest:.2f} on {rest_rows:,}). A broken label join upstream, or a version trained on one: "
-            "check the label source before any retraining")  # fmt: skip
+            "check the label source before any retraining",
+        )  # fmt: skip
         for name, (auc, rows, rest, rest_rows) in aucs.items()
         if auc < min_roc_auc and rest > 0.5
     ]
