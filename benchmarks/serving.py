@@ -889,6 +889,21 @@ def median_p99(case: dict) -> float:
     return round(statistics.median(r["p99_ms"] for r in case.get("runs") or [case]), 2)
 
 
+def paired_p99s(on: dict, off: dict) -> list[tuple[float, float]]:
+    """(on, off) p99 of the same round and repeat: the i-th run of a round on each side."""
+
+    def by_round(case: dict) -> dict[int, list[float]]:
+        rounds: dict[int, list[float]] = {}
+        for run in case.get("runs", []):
+            rounds.setdefault(run["round"], []).append(run["p99_ms"])
+        return rounds
+
+    off_rounds = by_round(off)
+    return [
+        pair for r, p99s in by_round(on).items() for pair in zip(p99s, off_rounds.get(r, []), strict=False)
+    ]
+
+
 def shadow_summary(cases: list[dict], results: list[dict], ingest) -> dict:
     """Shadow off (``bentoml+feed``) against on (``bentoml+shadow``) per case, and target (d)."""
     rows = []
@@ -905,10 +920,7 @@ def shadow_summary(cases: list[dict], results: list[dict], ingest) -> dict:
             "on": {k: round(case[k], 2) for k in ("req_per_s", "p50_ms")} | {"p99_ms": p99_on, "errors": case["errors"]},
             "req_per_s_ratio": ratio(case["req_per_s"], off["req_per_s"]),
             "p99_ratio": ratio(p99_on, p99_off),
-            "p99_ratio_per_round": [
-                ratio(on["p99_ms"], next((o["p99_ms"] for o in off.get("runs", []) if o["round"] == on["round"]), None))
-                for on in case.get("runs", [])
-            ],
+            "p99_ratio_per_round": [ratio(on, o) for on, o in paired_p99s(case, off)],
         })  # fmt: skip
     targets = {
         f"d rows={r['rows']}": {

@@ -324,9 +324,10 @@ class Monitor:
             labelled=labelled,
         )
         if found.ok is False:
+            marked = since
             if any(f.check == INVERTED_LABELS for f in found.failed):
-                since = min(since, float(labelled["received_at"].min()))
-            self.store.mark_quality_failed(since, now, sorted({f.check for f in found.failed}))
+                marked = min(since, float(labelled["received_at"].min()))
+            self.store.mark_quality_failed(marked, now, sorted({f.check for f in found.failed}))
             log.warning("data quality failed: %s", "; ".join(f.message for f in found.failed))
         return found, since, by_reason
 

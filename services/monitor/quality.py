@@ -57,6 +57,7 @@ from services.monitor.drift import prepare
 MISSING, OUT_OF_RANGE, UNSEEN_CATEGORY = "missing_share", "out_of_range", "unseen_category"
 SCALE, CONSTANT, DUPLICATES, REJECTED = "scale_shift", "constant", "duplicate_rows", "rejected_share"
 INVERTED_LABELS = "inverted_labels"  # its feature: the slice column (schema.slice_by)
+CHANCE_ROC_AUC = 0.5  # inverted_labels: the other rows must be ranked better than this
 FEATURE_CHECKS = (MISSING, OUT_OF_RANGE, UNSEEN_CATEGORY, SCALE, CONSTANT)
 TABLE_CHECKS = (DUPLICATES, REJECTED)
 # The reference's range is widened by this share of its span each side: values just past a
@@ -405,7 +406,8 @@ def check_inverted_labels(
 ) -> tuple[list[Failure], list[str]]:
     """The failures, and the slices judged. A slice fails when the version ranks it backwards while
     it ranks the other rows better than chance: a world that changed drags every slice down together
-    (concept_drift at severity 2 takes all of them to 0.33-0.44), a broken join for one slice does not."""
+    (concept_drift at severity 2 takes the lowest to 0.33 and the others with it, to 0.37-0.43), a
+    broken join for one slice does not. A failure's ``reference`` is the other rows' roc_auc."""
     aucs = slice_roc_aucs(labelled, slice_by, min_rows)
     failed = [
         Failure(
@@ -415,12 +417,12 @@ def check_inverted_labels(
             rest,
             min_roc_auc,
             f"labels of {name} look inverted: the serving version ranks them backwards (roc_auc {auc:.2f} "
-            f"on {rows:,} labelled rows, under {min_roc_auc:g}) while it ranks the other rows well "
+            f"on {rows:,} labelled rows, under {min_roc_auc:g}) while it ranks the other rows better than chance "
             f"({rest:.2f} on {rest_rows:,}). A broken label join upstream, or a version trained on one: "
             "check the label source before any retraining",
         )  # fmt: skip
         for name, (auc, rows, rest, rest_rows) in aucs.items()
-        if auc < min_roc_auc and rest > 0.5
+        if auc < min_roc_auc and rest > CHANCE_ROC_AUC
     ]
     return failed, list(aucs)
 
