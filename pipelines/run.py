@@ -41,11 +41,10 @@ def run_local(params: TrainParams, pipeline_root: str | Path) -> TrainResult:
 
 
 RESULT_MARKER = "SANDBOX_RESULT "
-# The embedded run's environment (its steps inherit it; what the caller's environment sets wins):
-# - OpenMP threads that sleep while they wait: the default spins, and on shared cores the trees'
-#   two spinning threads made `train` 20-60x slower (0.4 s -> 8-24 s at load 4-9, measured);
-# - no MLflow telemetry: else each MLflow step starts sender threads and fetches a remote config.
-PIPELINE_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "MLFLOW_DISABLE_TELEMETRY": "true"}
+# The embedded run's environment (its steps inherit it; what the caller's environment sets wins;
+# OMP_WAIT_POLICY comes with os.environ, from pipelines/__init__.py): no MLflow telemetry, else each
+# MLflow step starts sender threads and fetches a remote config.
+PIPELINE_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true"}
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 STARTED = re.compile(r"^(\d\d:\d\d:\d\d\.\d+) - INFO - Executing task '([\w-]+)'")
 FINISHED = re.compile(r"^(\d\d:\d\d:\d\d\.\d+) - \w+ - Task '([\w-]+)' finished with status (\w+)")

@@ -44,6 +44,7 @@ from sandbox.status import (
     release_status,
     retrainer_status,
     served_version,
+    workers_serving,
 )
 from sandbox.traffic import MAX_DURATION_S, TrafficControl, TrafficSummary, as_dict, run_traffic
 
@@ -400,7 +401,10 @@ class Demo:
             )
         v1 = self.result.champion_before = trained.model_version
         self.timeline.add("v1 champion", f"v{v1}, {trained.reason}")
-        self.wait("serving loads v1", lambda: served_version(self.settings) == v1, 120,
+        # Every worker, not just the one that answers GET /model: a worker still loading v1 holds the
+        # requests it takes, and if MLflow is away meanwhile (tests/chaos kills it) they time out.
+        workers = self.settings.serving_workers
+        self.wait("serving loads v1", lambda: (workers_serving(self.settings) or {}).get(v1, 0) >= workers, 120,
                   hint=f"see {self.settings.logs_dir / 'serving.log'}")  # fmt: skip
         self.timeline.add("serving v1", f"v{v1}")
 

@@ -58,6 +58,27 @@ def served_model(settings: Settings) -> dict | None:
     return {k: v for k, v in model.items() if k != "input_example"} if model else None
 
 
+def workers_serving(settings: Settings) -> dict[str, int] | None:
+    """How many serving workers serve each model version now (``sandbox_model_workers``); None if
+    serving does not answer. ``GET /model`` answers from whichever worker takes the connection, and
+    each worker loads the champion on its own poll: this says when all of them do."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        response = httpx.get(f"{settings.serving_url}/metrics", timeout=TIMEOUT)
+    except httpx.HTTPError:
+        return None
+    if response.status_code != 200:
+        return None
+    return {
+        sample.labels["version"]: int(sample.value)
+        for family in text_string_to_metric_families(response.text)
+        if family.name == "sandbox_model_workers"
+        for sample in family.samples
+        if sample.labels.get("model") == settings.model_name and sample.value > 0
+    }
+
+
 def served_version(settings: Settings) -> str | None:
     model = served_model(settings)
     return model["version"] if model else None

@@ -1,5 +1,6 @@
 import pytest
 
+import pipelines  # noqa: F401  before any test module loads scikit-learn: its OpenMP threads then sleep
 from tests.support.servers import running_mlflow
 
 

@@ -64,6 +64,10 @@ def create_metrics():
             "sandbox_model_info", "1 for the model version this worker serves", ["model", "version"],
             multiprocess_mode="livemax",
         ),
+        "workers": Gauge(
+            "sandbox_model_workers", "Serving workers (processes) that serve this model version now",
+            ["model", "version"], multiprocess_mode="livesum",
+        ),
         "load_failures": Counter(
             "sandbox_model_load_failures_total", "Versions that failed to load or smoke-test", ["model"]
         ),
@@ -276,9 +280,10 @@ class Serving:
         )
 
     def _on_swap(self, old: LoadedModel | None, new: LoadedModel) -> None:
-        if old is not None:
-            self.metrics["info"].labels(old.name, old.version).set(0)
-        self.metrics["info"].labels(new.name, new.version).set(1)
+        for gauge in (self.metrics["info"], self.metrics["workers"]):
+            if old is not None:
+                gauge.labels(old.name, old.version).set(0)
+            gauge.labels(new.name, new.version).set(1)
         self.metrics["swaps"].labels(new.name).inc()
 
     def _on_refusal(self, status: int, answer: bytes, body: bytes) -> None:

@@ -85,20 +85,23 @@ class Traffic:
                 pacer.wait(self.requests)
                 sent = source.take(self.control.scenario, self.control.severity)
                 self.requests += 1
+                sent_at = time.time()
                 try:
                     response = client.post(
                         f"{self.settings.serving_url}/predict", json={"rows": [row for row, _ in sent]}
                     )
-                    status = str(response.status_code)
                 except httpx.HTTPError as exc:
-                    response, status = None, type(exc).__name__
+                    response, error = None, f"{type(exc).__name__}: {exc}"
                 now = time.time()
                 if response is not None and response.status_code == 200:
                     answer = response.json()
                     self.answered.update((item["request_id"], now) for item in answer)
                     labels.add(answer, [y for _, y in sent])
-                else:
-                    self.failures.append((now, status))
+                else:  # what and when: enough to tell a slow answer from a refused or cut one
+                    if response is not None:
+                        error = f"{response.status_code} {response.text[:200]}"
+                    sent_clock = time.strftime("%H:%M:%S", time.localtime(sent_at))
+                    self.failures.append((now, f"{error} (sent {sent_clock}, after {now - sent_at:.1f} s)"))
                 labels.send_due()
                 if self.requests % int(RPS) == 0:
                     task.progress()
@@ -201,6 +204,10 @@ def record(demo: ChaosDemo, fault: str, detected_by: str, killed_at: float, reco
         "records lost": len(lost),
     }
     ROWS.append(row)
+    if failed:  # what serving said meanwhile, for a failure in CI where the stack's logs are gone
+        log = (demo.settings.logs_dir / "serving.log").read_text(errors="replace").splitlines()
+        row = {**row, "serving log": log[-40:]}
+        print(json.dumps(row, indent=1))  # whole: pytest cuts an assertion's message short
     return row
 
 

@@ -19,6 +19,7 @@ from pipelines.features import LOAN_SCHEMA
 from pipelines.scenarios import apply_scenario
 from pipelines.train import features_only
 from sandbox.local_stack import venv_bin
+from sandbox.settings import Settings
 from services.serving.feed import MonitorFeed, ServedBatch
 from services.serving.model_store import example_rows
 from services.serving.outbox import Outbox
@@ -445,6 +446,16 @@ def test_swap_under_load_has_zero_failures_and_never_serves_a_broken_version(ser
     assert metric_value(metrics, "sandbox_model_load_failures_total", model=MODEL) >= 1
     assert metric_value(metrics, "sandbox_model_info", model=MODEL, version=v2) == 1
     assert metric_value(metrics, "sandbox_model_info", model=MODEL, version=v1) == 0
+    # How many workers serve each version (livesum): all of them v2 once each has polled.
+    workers = Settings().serving_workers
+
+    def workers_on(version: str) -> float:
+        return metric_value(
+            httpx.get(f"{serving}/metrics").text, "sandbox_model_workers", model=MODEL, version=version
+        )
+
+    assert wait_until(lambda: workers_on(v2) == workers, timeout=30), workers_on(v2)
+    assert workers_on(v1) == 0
     assert broken not in versions
     # What HighPredictionLatency reads (BentoML's own histogram, per endpoint).
     assert 'bentoml_service_request_duration_seconds_bucket{endpoint="/predict"' in metrics

@@ -8,6 +8,7 @@ interpreter, as its component does, and lists the heavy packages it loaded.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -53,3 +54,18 @@ def test_a_step_imports_only_what_it_needs(step):
 
 def test_the_heavy_list_would_see_an_import():
     assert heavy_imports("import sklearn.base, pydantic") >= {"sklearn", "pydantic"}
+
+
+@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_the_trees_openmp_threads_sleep_while_they_wait_unless_the_caller_says_otherwise(given, expected):
+    """libgomp reads OMP_WAIT_POLICY when scikit-learn first loads it: importing pipelines sets it first
+    (spinning threads made model fits and scorings 7-60x slower on busy cores)."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | (
+        {"OMP_WAIT_POLICY": given} if given else {}
+    )
+    code = "import os, sys\nfrom pipelines import train\nimport sklearn.ensemble\nprint(os.environ.get('OMP_WAIT_POLICY'))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [expected]
