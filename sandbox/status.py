@@ -13,12 +13,18 @@ from sandbox.settings import Settings
 TIMEOUT = 5.0
 
 
-def _get_json(url: str, **params):
+def _get(url: str, **params) -> httpx.Response | None:
+    """The 200 answer to a GET, or None when the service does not answer or answers otherwise."""
     try:
         response = httpx.get(url, params=params or None, timeout=TIMEOUT)
     except httpx.HTTPError:
         return None
-    if response.status_code != 200:
+    return response if response.status_code == 200 else None
+
+
+def _get_json(url: str, **params):
+    response = _get(url, **params)
+    if response is None:
         return None
     try:
         return response.json()
@@ -64,11 +70,8 @@ def workers_serving(settings: Settings) -> dict[str, int] | None:
     each worker loads the champion on its own poll: this says when all of them do."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    try:
-        response = httpx.get(f"{settings.serving_url}/metrics", timeout=TIMEOUT)
-    except httpx.HTTPError:
-        return None
-    if response.status_code != 200:
+    response = _get(f"{settings.serving_url}/metrics")
+    if response is None:
         return None
     return {
         sample.labels["version"]: int(sample.value)

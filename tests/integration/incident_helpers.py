@@ -27,6 +27,7 @@ from sandbox import local_stack, status
 from sandbox.demo import Demo, Timeline, demo_settings, retraining_since
 from sandbox.local_stack import alertmanager_binary
 from sandbox.settings import Settings
+from tests.integration.test_local_stack import SERVICES
 from tests.support.processes import free_port
 
 PYTESTMARK = [
@@ -42,10 +43,9 @@ def incident_stack(tmp_path_factory, story: str) -> Iterator[Demo]:
     if not (shutil.which("prometheus") and alertmanager_binary()):
         pytest.fail("needs Prometheus and Alertmanager: run `make setup` (Debian: apt-get install prometheus prometheus-alertmanager)")  # fmt: skip
     # The services read their settings from the environment supervisord passes on: a stack of its own.
-    names = ("mlflow", "serving", "monitor", "retrainer", "prometheus", "alertmanager")
     env = pytest.MonkeyPatch()
     env.setenv("SANDBOX_HOME", str(tmp_path_factory.mktemp("incidents")))
-    for name in names:
+    for name in SERVICES:
         env.setenv(f"SANDBOX_{name.upper()}_PORT", str(free_port()))
     settings = demo_settings(Settings(), story=story)  # its timings, e.g. the bad release's longer bake
     timeline = Timeline(on_event=lambda e: print(f"{e['t']:7.1f}s  {e['event']}  {e['detail']}"))
